@@ -1,0 +1,82 @@
+"""The in-memory retrieval set every loader returns, and the checks shared by all loaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from medret.errors import InputError
+
+log = logging.getLogger(__name__)
+
+Qrels = dict[str, dict[str, int]]
+
+
+@dataclass
+class RetrievalDataset:
+    name: str
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: Qrels
+    query_categories: dict[str, str] = field(default_factory=dict)
+    # qrels entries dropped because they name ids absent from the corpus or queries
+    unknown_qrels: dict[str, int] = field(default_factory=lambda: {"queries": 0, "docs": 0})
+    sources: dict[str, str] = field(default_factory=dict)  # role -> file path, for digests
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.doc_ids)
+
+
+def check_unique(ids: list[str], where: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, x in enumerate(ids):
+        if x in seen:
+            raise InputError(f"{where}: duplicate {what} id {x!r} (entry {i + 1}); ids must be unique")
+        seen.add(x)
+
+
+def reconcile_qrels(
+    qrels: Qrels, doc_ids: list[str], query_ids: list[str], where: str, strict: bool
+) -> tuple[Qrels, dict[str, int]]:
+    """Drop qrels naming unknown queries/docs: counted and warned once, an error when strict."""
+    docs, queries = set(doc_ids), set(query_ids)
+    unknown = {"queries": 0, "docs": 0}
+    kept: Qrels = {}
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            unknown["queries"] += 1
+            continue
+        good = {d: g for d, g in judged.items() if d in docs}
+        unknown["docs"] += len(judged) - len(good)
+        if good:
+            kept[qid] = good
+    if unknown["queries"] or unknown["docs"]:
+        msg = (
+            f"{where}: qrels name {unknown['queries']} unknown query ids and "
+            f"{unknown['docs']} unknown doc ids"
+        )
+        if strict:
+            raise InputError(msg + " (data.strict=true)")
+        log.warning("%s; dropped (data.strict=true makes this an error)", msg)
+    return kept, unknown
+
+
+def restrict_to_judged(ds: RetrievalDataset, max_queries: int | None) -> RetrievalDataset:
+    """Keep queries that have at least one relevant doc, in file order, optionally the first N."""
+    pairs = [
+        (q, t)
+        for q, t in zip(ds.query_ids, ds.query_texts)
+        if any(g > 0 for g in ds.qrels.get(q, {}).values())
+    ]
+    if max_queries is not None:
+        pairs = pairs[:max_queries]
+    if not pairs:
+        raise InputError(f"{ds.sources.get('qrels', ds.name)}: no query has a relevant judged document")
+    ds.query_ids = [q for q, _ in pairs]
+    ds.query_texts = [t for _, t in pairs]
+    keep = set(ds.query_ids)
+    ds.qrels = {q: r for q, r in ds.qrels.items() if q in keep}
+    return ds

@@ -1,0 +1,79 @@
+"""Vectorised P/R/F1@k, nDCG@k, MRR@k and MAP@k over a [queries x depth] grade matrix.
+
+Definitions follow trec_eval (relevance = grade >= 1): P@k divides by k, recall and MAP by the
+number of relevant documents, nDCG uses linear gains and log2(rank + 1) discounts (ndcg_cut),
+MRR@k is recip_rank over the top k. A run's ranking is taken as given: callers order ties the way
+trec_eval does (score descending, then doc id descending).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from medret.data.dataset import Qrels
+
+METRIC_NAMES = ("precision", "recall", "f1", "ndcg", "mrr", "map")
+
+
+def _grade_matrix(run: dict[str, list[str]], qrels: Qrels, qids: list[str], depth: int) -> np.ndarray:
+    g = np.zeros((len(qids), depth), dtype=np.float64)
+    for r, q in enumerate(qids):
+        judged = qrels.get(q, {})
+        ranked = run.get(q, [])[:depth]
+        g[r, : len(ranked)] = [judged.get(d, 0) for d in ranked]
+    return g
+
+
+def evaluate_run(
+    run: dict[str, list[str]], qrels: Qrels, k_values: list[int]
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Per-query metrics for every judged query: (query ids, {"ndcg@10": array, ...})."""
+    qids = [q for q in qrels if any(v > 0 for v in qrels[q].values())]
+    depth = max(k_values)
+    grades = _grade_matrix(run, qrels, qids, depth)
+    rel = grades > 0
+    num_rel = np.array([sum(v > 0 for v in qrels[q].values()) for q in qids], dtype=np.float64)
+    ranks = np.arange(1, depth + 1, dtype=np.float64)
+    hits = np.cumsum(rel, axis=1)
+    disc = 1.0 / np.log2(ranks + 1)
+    dcg = np.cumsum(np.where(grades > 0, grades, 0) * disc, axis=1)
+    ideal = np.zeros_like(grades)
+    for r, q in enumerate(qids):
+        best = sorted((v for v in qrels[q].values() if v > 0), reverse=True)[:depth]
+        ideal[r, : len(best)] = best
+    idcg = np.cumsum(ideal * disc, axis=1)
+    prec_at_rank = np.where(rel, hits / ranks, 0.0)
+    ap = np.cumsum(prec_at_rank, axis=1) / num_rel[:, None]
+    first = np.where(rel.any(axis=1), rel.argmax(axis=1) + 1, 0)
+
+    out: dict[str, np.ndarray] = {}
+    for k in k_values:
+        p = hits[:, k - 1] / k
+        r = hits[:, k - 1] / num_rel
+        out[f"precision@{k}"] = p
+        out[f"recall@{k}"] = r
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"f1@{k}"] = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+            out[f"ndcg@{k}"] = np.where(idcg[:, k - 1] > 0, dcg[:, k - 1] / idcg[:, k - 1], 0.0)
+        out[f"mrr@{k}"] = np.where((first > 0) & (first <= k), 1.0 / np.maximum(first, 1), 0.0)
+        out[f"map@{k}"] = ap[:, k - 1]
+    return qids, out
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    return {k: float(v.mean()) if len(v) else 0.0 for k, v in per_query.items()}
+
+
+def bootstrap_ci(
+    values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over queries (scipy.stats.bootstrap)."""
+    if len(values) < 2 or np.all(values == values[0]):
+        m = float(values.mean()) if len(values) else 0.0
+        return m, m
+    res = stats.bootstrap(
+        (values,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+        method="percentile", vectorized=True, random_state=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)

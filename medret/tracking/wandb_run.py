@@ -1,0 +1,67 @@
+"""W&B logging that keeps patient text out unless the user opts in (``logger.log_text=true``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from medret.config import LoggerConfig
+from medret.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class RunTracker:
+    """Receives the resolved config, summary metrics and a per-query table of ids and scores."""
+
+    def __init__(self, run: Any | None, log_text: bool):
+        self.run = run
+        self.log_text = log_text
+
+    @property
+    def run_dir(self) -> str | None:
+        return None if self.run is None else str(Path(self.run.dir).parent)
+
+    def log_summary(self, summary: dict[str, float | int | str]) -> None:
+        if self.run is not None:
+            self.run.summary.update(summary)
+
+    def log_per_query(self, rows: list[dict[str, Any]], texts: dict[str, str] | None) -> None:
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        cols = [c for c in rows[0] if not isinstance(rows[0][c], (list, dict))]
+        if self.log_text and texts is not None:
+            cols.append("query_text")
+        data = [[r.get(c, texts.get(r["query_id"]) if c == "query_text" else None) for c in cols]
+                for r in rows]
+        self.run.log({"per_query": wandb.Table(columns=cols, data=data)})
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | None = None) -> RunTracker:
+    if cfg.name == "none":
+        return RunTracker(None, False)
+    if cfg.name != "wandb":
+        raise InputError(f"logger.name={cfg.name!r}: expected wandb or none")
+    if cfg.mode not in ("online", "offline", "disabled"):
+        raise InputError(f"logger.mode={cfg.mode!r}: expected online, offline or disabled")
+    # W&B's side directories default to the user's home; keep them with the run unless set.
+    for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                     ("WANDB_ARTIFACT_DIR", "artifacts"), ("WANDB_CONFIG_DIR", "config")):
+        os.environ.setdefault(var, str(run_dir / "wandb" / sub))
+    import wandb
+
+    run = wandb.init(
+        project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
+        name=name, mode=cfg.mode, dir=str(run_dir), config=config, job_type="evaluate",
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )
+    log.info("W&B run %s (%s) in %s", run.id, cfg.mode, run_dir / "wandb")
+    return RunTracker(run, cfg.log_text)
