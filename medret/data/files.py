@@ -43,9 +43,9 @@ def iter_records(path: Path, id_field: str = "_id") -> Iterator[tuple[int, dict]
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise InputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.pos + 1})") from None
             if not isinstance(rec, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             yield lineno, rec

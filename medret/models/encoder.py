@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import logging
@@ -176,8 +177,8 @@ def load_retriever(cfg: ModelConfig) -> Retriever:
         qset = _settings(doc_path, cfg, cfg.query_max_length or cfg.max_length, cfg.query_prefix)
         if qset == doc.settings:
             return Retriever(doc, doc)
-        query = TextEncoder.__new__(TextEncoder)  # same weights, other prefix/length
-        query.__dict__.update(doc.__dict__, settings=qset)
+        query = copy.copy(doc)  # same weights and tokenizer, other prefix/length
+        query.settings = qset
         return Retriever(query, doc)
     q_path = resolve_model_path(cfg.query_path)
     q_len = cfg.query_max_length or cfg.max_length

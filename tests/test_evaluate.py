@@ -1,0 +1,164 @@
+"""The evaluate spine end to end: Hydra composition, outputs, TREC run, W&B offline, sweeps, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytrec_eval
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from medret.config import register_configs
+from medret.evaluation import run_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+register_configs()
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=list(overrides))
+
+
+def tiny_overrides(tiny_bert: Path, *extra: str) -> list[str]:
+    return ["model=minilm", f"model.path={tiny_bert}", "model.name=tiny", "data.num_records=300",
+            "data.num_queries=40", "eval.k_values=[1,5,10,100]", *extra]
+
+
+def test_defaults_compose_and_typos_are_rejected():
+    cfg = compose_cfg()
+    assert (cfg.data.name, cfg.model.name, cfg.quant.name, cfg.index.name, cfg.logger.name) == (
+        "synthetic", "minilm", "none", "flat", "wandb")
+    assert cfg.logger.mode == "offline" and cfg.logger.log_text is False
+    assert cfg.model.trust_remote_code is False
+    assert list(cfg.eval.k_values) == [1, 3, 5, 10, 100]
+    with pytest.raises(ConfigCompositionException, match="num_recods"):
+        compose_cfg("data.num_recods=5")
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("index=no_such_index")
+
+
+def read_trec_run(path: Path) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        run.setdefault(q, {})[d] = float(s)
+    return run
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    exe = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(exe), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                         capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout)
+
+
+def test_run_writes_results_trec_per_query_and_wandb_without_text(tiny_bert, tmp_path):
+    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger.mode=offline", "logger.group=g1"))
+    res = run_evaluate(cfg, tmp_path)
+
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    for key in ("ndcg@10", "recall@100", "precision@10", "f1@10", "mrr@10", "map@100", "ndcg@1"):
+        assert 0.0 <= on_disk["metrics"][key] <= 1.0
+    lo, hi = on_disk["metrics_ci95"]["ndcg@10"]
+    assert lo <= on_disk["metrics"]["ndcg@10"] <= hi
+    thr = on_disk["throughput"]
+    assert thr["encode_docs_per_s"] > 0 and thr["search_qps"] > 0 and thr["peak_rss_bytes"] > 0
+    assert thr["latency_ms_p50"] <= thr["latency_ms_p95"]
+    assert on_disk["sizes"]["embedding_bytes"] == 300 * 32 * 4
+    assert on_disk["device"] == {"encoder": "cpu", "index": "cpu", "cpu_threads": on_disk["device"]["cpu_threads"]}
+    assert on_disk["config"]["data"]["num_records"] == 300 and on_disk["versions"]["faiss-cpu"]
+    assert set(on_disk["by_category"]) == {"synonym", "condition_medication", "lab_threshold", "negation"}
+    assert "commit" in on_disk["git"]
+
+    rows = [json.loads(x) for x in (tmp_path / "per_query.jsonl").read_text().splitlines()]
+    assert len(rows) == on_disk["data"]["num_queries"] and "query_text" not in rows[0]
+    assert np.isclose(np.mean([r["ndcg@10"] for r in rows]), on_disk["metrics"]["ndcg@10"])
+
+    # trec_eval (pytrec_eval) reading our run file agrees with our metrics
+    from medret.data import load_dataset
+
+    ds = load_dataset(cfg.data)
+    ref = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "P.10", "recall.100"}).evaluate(
+        read_trec_run(tmp_path / "run.trec"))
+    assert np.isclose(np.mean([v["ndcg_cut_10"] for v in ref.values()]), on_disk["metrics"]["ndcg@10"])
+    assert np.isclose(np.mean([v["recall_100"] for v in ref.values()]), on_disk["metrics"]["recall@100"])
+
+    # W&B offline run, read back from its files: same config and summary, no query/record text
+    wb_dir = Path(res["wandb"]["dir"])
+    assert wb_dir.is_relative_to(tmp_path)
+    summary = wandb_summary(wb_dir)
+    assert summary["state"] == "finished"
+    assert summary["config"]["data"]["num_records"] == 300 and summary["config"]["logger"]["group"] == "g1"
+    assert np.isclose(summary["summary"]["ndcg@10"], on_disk["metrics"]["ndcg@10"])
+    assert np.isclose(summary["summary"]["category/negation/ndcg@10"], on_disk["by_category"]["negation"]["ndcg@10"])
+    blob = b"".join(p.read_bytes() for p in wb_dir.rglob("*") if p.is_file())
+    for text in ds.query_texts[:10] + ds.doc_texts[:5]:
+        assert text.encode() not in blob
+    assert b"q00000" in blob  # ids do go to W&B
+
+
+def test_log_text_opt_in_puts_query_text_in_wandb_table(tiny_bert, tmp_path):
+    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger.log_text=true", "write_text=true"))
+    run_evaluate(cfg, tmp_path)
+    from medret.data import load_dataset
+
+    first = load_dataset(cfg.data).query_texts[0]
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "wandb").rglob("*.table.json"))
+    assert json.dumps(first)[1:-1].encode() in blob
+    assert json.loads((tmp_path / "per_query.jsonl").read_text().splitlines()[0])["query_text"]
+
+
+def test_passages_fold_back_to_records(tiny_bert, tmp_path):
+    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger=none", "data.passage_tokens=24", "data.passage_stride=4"))
+    res = run_evaluate(cfg, tmp_path)
+    assert res["data"]["num_passages"] > 2 * res["data"]["num_docs"]
+    run = read_trec_run(tmp_path / "run.trec")
+    assert all(len(hits) == 100 and all(d.startswith("rec") for d in hits) for hits in run.values())
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
+    (beir / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (beir / "qrels" / "test.tsv").write_text("q\ta\t1\n")
+    proc = run_cli("data=beir", f"data.path={beir}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                   "model.path=/nonexistent-model-dir")
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: {beir / 'corpus.jsonl'}:2: malformed JSON (Expecting value at column 22)"]
+    assert not (tmp_path / "run" / "results.json").exists()
+
+    (beir / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"}\n')
+    proc = run_cli("data=beir", f"data.path={beir}", "logger=none", "eval.k_values=[1,10]",
+                   f"hydra.run.dir={tmp_path / 'run2'}", "model.path=/nonexistent-model-dir")
+    assert proc.returncode == 2
+    assert "error: eval.k_values: k=10 is larger than the corpus of beir-test (2 documents)" in proc.stderr
+
+    proc = run_cli("data.num_recods=5", f"hydra.run.dir={tmp_path / 'run3'}")
+    assert proc.returncode != 0 and "num_recods" in proc.stderr
+
+
+def test_cli_multirun_sweep_writes_every_job(tiny_bert, tmp_path):
+    proc = run_cli("-m", *tiny_overrides(tiny_bert, "logger=none", "data.seed=1,2"),
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = sorted(tmp_path.glob("*/results.json"))
+    assert len(results) == 2
+    seeds = {json.loads(p.read_text())["config"]["data"]["seed"] for p in results}
+    assert seeds == {1, 2}
+    for p in results:
+        assert (p.parent / "run.trec").stat().st_size > 0 and (p.parent / "per_query.jsonl").exists()
