@@ -7,7 +7,7 @@ group is typed by one of these schemas.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -18,11 +18,11 @@ class DataConfig:
     name: str = MISSING  # synthetic | beir | records
     # beir: folder with corpus.jsonl[.gz], queries.jsonl[.gz], qrels/<split>.tsv
     # records: explicit files (JSONL or CSV) below
-    path: Optional[str] = None
+    path: str | None = None
     split: str = "test"
-    corpus_file: Optional[str] = None
-    queries_file: Optional[str] = None
-    qrels_file: Optional[str] = None
+    corpus_file: str | None = None
+    queries_file: str | None = None
+    qrels_file: str | None = None
     # synthetic generator
     num_records: int = 2000
     num_queries: int = 200
@@ -33,7 +33,7 @@ class DataConfig:
     # long notes are split into passages of this many tokens (0 = no split: truncate at max_length)
     passage_tokens: int = 0
     passage_stride: int = 0  # tokens shared by consecutive passages
-    max_queries: Optional[int] = None  # evaluate only the first N judged queries (quick runs)
+    max_queries: int | None = None  # evaluate only the first N judged queries (quick runs)
     strict: bool = False  # qrels naming unknown ids become an error instead of a warning
 
 
@@ -42,12 +42,12 @@ class ModelConfig:
     name: str = MISSING
     # HF dir, hub id, sentence-transformers dir, or pkg://<python package> carrying a model dir
     path: str = MISSING
-    query_path: Optional[str] = None  # asymmetric: a separate query encoder (MedCPT style)
-    revision: Optional[str] = None
-    pooling: Optional[str] = None  # mean | cls; None = read from a sentence-transformers dir, else mean
-    normalize: Optional[bool] = None  # None = from the sentence-transformers dir, else True
-    max_length: Optional[int] = None  # doc tokens; None = sentence_bert_config.json, else 512
-    query_max_length: Optional[int] = None  # None = max_length
+    query_path: str | None = None  # asymmetric: a separate query encoder (MedCPT style)
+    revision: str | None = None
+    pooling: str | None = None  # mean | cls; None = read from a sentence-transformers dir, else mean
+    normalize: bool | None = None  # None = from the sentence-transformers dir, else True
+    max_length: int | None = None  # doc tokens; None = sentence_bert_config.json, else 512
+    query_max_length: int | None = None  # None = max_length
     query_prefix: str = ""
     doc_prefix: str = ""
     batch_size: int = 64
@@ -58,8 +58,29 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
+    # none | fp16 | bf16 | bnb_int8 | bnb_nf4 | bnb_fp4 | uniform | kmeans | nf | log | companding
+    # | fisher_kmeans | outliers
     name: str = "none"
-    bits: Optional[int] = None
+    bits: int | None = None  # 2..8 for the custom schemes
+    granularity: str = "group"  # tensor | channel | group
+    group_size: int = 64
+    symmetric: bool = True  # uniform: absmax (True) or min/max (False)
+    mu: float = 255.0  # companding
+    kmeans_iters: int = 25
+    base: str | None = None  # outliers: the scheme that quantizes the dense part
+    outlier_fraction: float = 0.0  # keep this fraction of largest-|w| weights in fp16 (any custom scheme)
+    calibration_texts: int = 64  # fisher_kmeans: corpus texts whose squared gradients weight k-means
+    # bitsandbytes
+    threshold: float = 6.0  # LLM.int8 outlier threshold
+    blocksize: int = 64
+    double_quant: bool = False
+    compute_dtype: str = "float32"
+    # which nn.Linear modules (fnmatch on module names); embeddings and LayerNorm are never touched
+    include: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=lambda: ["pooler.*"])
+    # per-module overrides: {pattern: {bits: 8}} or {pattern: {name: none}} (mixed precision)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    save_dir: str | None = None  # write the quantized model here (safetensors); evaluate loads it
 
 
 @dataclass
@@ -76,8 +97,8 @@ class LoggerConfig:
     name: str = MISSING  # wandb | none
     mode: str = "offline"  # online | offline | disabled
     project: str = "medret"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_text: bool = False  # opt in before any record or query text reaches W&B
 
@@ -87,6 +108,16 @@ class EvalConfig:
     k_values: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 100])
     # cap on passages searched per query when passages fold into records
     passage_fanout: int = 8
+    # acceptance gate: the quantized model passes when the upper 95% CI bound of the drop in
+    # gate_metric vs the fp32 baseline (same model and data) is at most gate_max_drop
+    gate_metric: str = "ndcg@10"
+    gate_max_drop: float = 0.01
+    bootstrap_resamples: int = 2000
+
+
+@dataclass
+class CacheConfig:
+    dir: str | None = None  # None: $MEDRET_CACHE_DIR, else ~/.cache/medret
 
 
 @dataclass
@@ -97,6 +128,7 @@ class EvaluateConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     seed: int = 0
     write_text: bool = False  # query text in per_query.jsonl (run dir only, never W&B)
 

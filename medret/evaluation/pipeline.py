@@ -7,6 +7,7 @@ import platform
 import resource
 import subprocess
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ from medret.config import EvaluateConfig
 from medret.data import RetrievalDataset, load_dataset
 from medret.data.passages import split_passages
 from medret.errors import InputError
+from medret.evaluation import baseline as bl
+from medret.evaluation.fidelity import compare
 from medret.evaluation.outputs import write_json, write_jsonl, write_trec_run
 from medret.index import build_index
 from medret.metrics import bootstrap_ci, evaluate_run, mean_metrics
-from medret.models import load_retriever
-from medret.quant import quantize_retriever
+from medret.models import Retriever, load_retriever
+from medret.quant import quantize_retriever, validate
+from medret.quant.persist import save_quantized
 from medret.tracking import start_tracker
 
 log = logging.getLogger(__name__)
@@ -105,30 +109,28 @@ def load_checked_data(cfg: EvaluateConfig) -> tuple[RetrievalDataset, list[int]]
     return data, ks
 
 
-def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    t_start = time.perf_counter()
-    # Cheap checks first: bad data or k fails before any model is loaded.
-    data, ks = load_checked_data(cfg)
-    depth = ks[-1]
-    log.info("data %s: %d documents, %d judged queries", data.name, data.num_docs, len(data.query_ids))
+@dataclass
+class Retrieval:
+    doc_emb: np.ndarray
+    query_emb: np.ndarray
+    ranked: list[list[tuple[str, float]]]
+    timings: dict[str, float]
+    index_placement: str
+    index_bytes: int
 
-    retriever = load_retriever(cfg.model)
-    quant_info = quantize_retriever(retriever, cfg.quant)
-    device = retriever.doc.device
 
-    passages = split_passages(data.doc_texts, retriever.doc.tokenizer, cfg.data.passage_tokens,
-                              cfg.data.passage_stride)
+def retrieve(retriever: Retriever, passages, data: RetrievalDataset, cfg, depth: int) -> Retrieval:
+    """Encode, index, search (batch, then single queries for latency) and fold passages to records."""
     t0 = time.perf_counter()
     doc_emb = retriever.doc.encode(passages.texts, cfg.model.batch_size, desc="documents")
     t_docs = time.perf_counter() - t0
     t0 = time.perf_counter()
     query_emb = retriever.query.encode(data.query_texts, cfg.model.batch_size, desc="queries")
     t_queries = time.perf_counter() - t0
-
     index = build_index(doc_emb, cfg.index)
-    fanout = 1 if len(passages.texts) == data.num_docs else min(cfg.eval.passage_fanout, passages.max_per_doc)
-    k_search = min(len(passages.texts), depth * fanout)
+    n_pass = len(passages.texts)
+    fanout = 1 if n_pass == data.num_docs else min(cfg.eval.passage_fanout, passages.max_per_doc)
+    k_search = min(n_pass, depth * fanout)
     t0 = time.perf_counter()
     scores, hits = index.search(query_emb, k_search, cfg.index.search_batch_size)
     t_search = time.perf_counter() - t0
@@ -139,24 +141,9 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         t0 = time.perf_counter()
         index.search(query_emb[i : i + 1], k_search)
         lat.append(time.perf_counter() - t0)
-
-    ranked = fold_to_records(scores, hits, passages.doc_index, data.doc_ids, depth)
-    run = dict(zip(data.query_ids, ranked))
-    qids, per_query = evaluate_run({q: [d for d, _ in h] for q, h in run.items()}, data.qrels, ks)
-    metrics = mean_metrics(per_query)
-    ci = {m: list(bootstrap_ci(per_query[m], seed=cfg.seed)) for m in HEADLINE if m in per_query}
-
-    by_category: dict[str, dict[str, float]] = {}
-    if data.query_categories:
-        cats = np.array([data.query_categories.get(q, "") for q in qids])
-        for c in sorted(set(cats)):
-            mask = cats == c
-            by_category[c] = {"num_queries": int(mask.sum()),
-                              **{m: float(per_query[m][mask].mean()) for m in HEADLINE if m in per_query}}
-
-    throughput = {
-        "encode_docs_per_s": len(passages.texts) / t_docs if t_docs > 0 else None,
-        "encode_queries_per_s": len(data.query_texts) / t_queries if t_queries > 0 else None,
+    timings = {
+        "encode_docs_per_s": n_pass / t_docs if t_docs > 0 else None,
+        "encode_queries_per_s": len(query_emb) / t_queries if t_queries > 0 else None,
         "encode_docs_s": t_docs,
         "encode_queries_s": t_queries,
         "index_build_s": index.build_seconds,
@@ -164,14 +151,97 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         "search_qps": len(query_emb) / t_search if t_search > 0 else None,
         "latency_ms_p50": float(np.percentile(lat, 50) * 1e3),
         "latency_ms_p95": float(np.percentile(lat, 95) * 1e3),
-        "total_s": time.perf_counter() - t_start,
-        **_peak_memory(device),
     }
+    ranked = fold_to_records(scores, hits, passages.doc_index, data.doc_ids, depth)
+    return Retrieval(doc_emb, query_emb, ranked, timings, index.placement, index.nbytes)
+
+
+def score(out: Retrieval, data: RetrievalDataset, ks: list[int]) -> tuple[list[str], dict[str, np.ndarray]]:
+    run = {q: [d for d, _ in h] for q, h in zip(data.query_ids, out.ranked)}
+    qids, per_query = evaluate_run(run, data.qrels, ks)
+    if qids != data.query_ids:
+        raise AssertionError("judged query order differs from the data set's")
+    return qids, per_query
+
+
+def baseline_path(cfg, retriever: Retriever, data: RetrievalDataset, ks: list[int]) -> Path:
+    encoders = {"doc": retriever.doc.settings, "query": retriever.query.settings}
+    parts = {
+        "weights": [bl.weights_digest(retriever.doc.model)]
+        + ([] if retriever.query.model is retriever.doc.model else [bl.weights_digest(retriever.query.model)]),
+        "encoders": {k: vars(v) for k, v in encoders.items()},
+        "data": bl.data_digest(data),
+        "passages": [cfg.data.passage_tokens, cfg.data.passage_stride, cfg.eval.passage_fanout],
+        "ks": ks,
+        "index": cfg.index.factory,
+    }
+    return bl.cache_root(cfg.cache.dir) / "baselines" / f"{bl.baseline_key(parts)}.npz"
+
+
+def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    t_start = time.perf_counter()
+    # Cheap checks first: bad data, k or quant options fail before any model is loaded.
+    validate(cfg.quant, cfg.model.device)
+    data, ks = load_checked_data(cfg)
+    depth = ks[-1]
+    log.info("data %s: %d documents, %d judged queries", data.name, data.num_docs, len(data.query_ids))
+
+    retriever = load_retriever(cfg.model)
+    device = retriever.doc.device
+    passages = split_passages(data.doc_texts, retriever.doc.tokenizer, cfg.data.passage_tokens,
+                              cfg.data.passage_stride)
+    sample_idx = bl.doc_sample_index(len(passages.texts), cfg.seed)
+    base_file = baseline_path(cfg, retriever, data, ks)
+    base = bl.load_baseline(base_file, data.query_ids)
+    if cfg.quant.name != "none" and base is None:
+        log.info("fp32 baseline not cached: computing it once (%s)", base_file)
+        fp32 = retrieve(retriever, passages, data, cfg, depth)
+        _, fp32_pq = score(fp32, data, ks)
+        bl.save_baseline(base_file, data.query_ids, fp32_pq, [[d for d, _ in h] for h in fp32.ranked],
+                         fp32.query_emb, fp32.doc_emb[sample_idx])
+        base = bl.load_baseline(base_file, data.query_ids)
+
+    quant_info = quantize_retriever(retriever, cfg.quant, calibration=passages.texts)
+    if cfg.quant.save_dir and cfg.quant.name not in ("none",):
+        quant_info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), quant_info))
+    out = retrieve(retriever, passages, data, cfg, depth)
+    qids, per_query = score(out, data, ks)
+    ranked_ids = [[d for d, _ in h] for h in out.ranked]
+    if cfg.quant.name == "none" and base is None:
+        bl.save_baseline(base_file, qids, per_query, ranked_ids, out.query_emb, out.doc_emb[sample_idx])
+    metrics = mean_metrics(per_query)
+    n_boot = cfg.eval.bootstrap_resamples
+    ci = {m: list(bootstrap_ci(per_query[m], n_resamples=n_boot, seed=cfg.seed)) for m in HEADLINE if m in per_query}
+
+    fidelity = None
+    if base is not None and cfg.quant.name != "none":
+        if cfg.eval.gate_metric not in per_query:
+            raise InputError(f"eval.gate_metric={cfg.eval.gate_metric!r}: not a computed metric")
+        heads = tuple(dict.fromkeys([*(m for m in HEADLINE if m in per_query), cfg.eval.gate_metric]))
+        fidelity = compare(base, per_query, ranked_ids, out.query_emb, out.doc_emb[sample_idx], heads,
+                           cfg.eval.gate_metric, cfg.eval.gate_max_drop, n_boot, cfg.seed)
+
+    by_category: dict[str, dict[str, float]] = {}
+    if data.query_categories:
+        cats = np.array([data.query_categories.get(q, "") for q in qids])
+        for c in sorted(set(cats)):
+            mask = cats == c
+            entry = {"num_queries": int(mask.sum()),
+                     **{m: float(per_query[m][mask].mean()) for m in HEADLINE if m in per_query}}
+            if fidelity is not None:
+                for m in HEADLINE:
+                    if m in per_query:
+                        entry[f"delta_{m}"] = float((per_query[m][mask] - base["per_query"][m][mask]).mean())
+            by_category[c] = entry
+
+    throughput = {**out.timings, "total_s": time.perf_counter() - t_start, **_peak_memory(device)}
     sizes = {
-        "model_param_bytes": retriever.param_bytes(),
-        "embedding_bytes": int(doc_emb.nbytes),
-        "index_bytes": index.nbytes,
-        "embedding_dim": int(doc_emb.shape[1]),
+        "model_param_bytes": quant_info["model_bytes"],
+        "fp32_model_param_bytes": quant_info["fp32_model_bytes"],
+        "embedding_bytes": int(out.doc_emb.nbytes),
+        "index_bytes": out.index_bytes,
+        "embedding_dim": int(out.doc_emb.shape[1]),
     }
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg,
                                       resolve=True)
@@ -186,10 +256,15 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         "throughput": throughput,
         "sizes": sizes,
         "quant": quant_info,
-        "device": _device_info(device, index.placement),
+        "device": _device_info(device, out.index_placement),
         "versions": _versions(),
         "git": _git_commit(),
+        "baseline_cache": str(base_file),
     }
+    if fidelity is not None:
+        results["fidelity"] = {k: v for k, v in fidelity.items() if k not in ("deltas", "verdict", "per_query")}
+        results["deltas"] = fidelity["deltas"]
+        results["verdict"] = fidelity["verdict"]
 
     rows = []
     for i, q in enumerate(qids):
@@ -198,6 +273,11 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
             row["category"] = data.query_categories.get(q)
         row["num_relevant"] = sum(v > 0 for v in data.qrels[q].values())
         row.update({m: float(v[i]) for m, v in per_query.items()})
+        if fidelity is not None:
+            row["top10_overlap_fp32"] = float(fidelity["per_query"]["top10_overlap"][i])
+            row["rbo_fp32"] = float(fidelity["per_query"]["rbo"][i])
+            row.update({f"delta_{m}": float(per_query[m][i] - base["per_query"][m][i]) for m in HEADLINE
+                        if m in per_query})
         rows.append(row)
     texts = dict(zip(data.query_ids, data.query_texts))
     # query text reaches per_query.jsonl only with write_text, and W&B only with logger.log_text
@@ -205,17 +285,30 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
 
     tracker = start_tracker(cfg.logger, run_dir, resolved)
     results["wandb"] = {"run_id": tracker.run.id if tracker.run else None, "dir": tracker.run_dir}
-    write_trec_run(run_dir / "run.trec", run, tag=f"medret-{cfg.model.name}-{cfg.quant.name}")
+    write_trec_run(run_dir / "run.trec", dict(zip(qids, out.ranked)), tag=f"medret-{cfg.model.name}-{cfg.quant.name}")
     write_jsonl(run_dir / "per_query.jsonl", file_rows)
     write_json(run_dir / "results.json", results)
     summary: dict[str, Any] = {**metrics, **{f"throughput/{k}": v for k, v in throughput.items() if v is not None},
                                **{f"size/{k}": v for k, v in sizes.items()}}
+    if quant_info.get("effective_bits_per_param") is not None:
+        summary["quant/effective_bits_per_param"] = quant_info["effective_bits_per_param"]
     for c, vals in by_category.items():
         summary.update({f"category/{c}/{m}": v for m, v in vals.items()})
+    if fidelity is not None:
+        summary.update({f"delta/{m}": d["delta"] for m, d in fidelity["deltas"].items()})
+        summary.update({f"delta_ci_low/{m}": d["ci95"][0] for m, d in fidelity["deltas"].items()})
+        summary.update({f"delta_ci_high/{m}": d["ci95"][1] for m, d in fidelity["deltas"].items()})
+        summary["fidelity/embedding_cosine_mean"] = fidelity["embedding_cosine"]["mean"]
+        summary["fidelity/embedding_cosine_min"] = fidelity["embedding_cosine"]["min"]
+        summary["fidelity/top10_overlap"] = fidelity["ranking"]["top10_overlap"]
+        summary["fidelity/rbo"] = fidelity["ranking"]["rbo_p0.9"]
+        summary["verdict/accept"] = int(fidelity["verdict"]["accept"])
     tracker.log_summary(summary)
     tracker.log_per_query(rows, texts if cfg.logger.log_text else None)
     tracker.finish()
-    log.info("nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries) -> %s", metrics.get("ndcg@10", float("nan")),
+    log.info("nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries)%s -> %s", metrics.get("ndcg@10", float("nan")),
              f"{metrics['recall@100']:.4f}" if "recall@100" in metrics else "-",
-             metrics.get("precision@10", float("nan")), len(qids), run_dir / "results.json")
+             metrics.get("precision@10", float("nan")), len(qids),
+             "" if fidelity is None else f"  verdict {'ACCEPT' if fidelity['verdict']['accept'] else 'REJECT'}",
+             run_dir / "results.json")
     return results

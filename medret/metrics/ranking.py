@@ -65,6 +65,13 @@ def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
     return {k: float(v.mean()) if len(v) else 0.0 for k, v in per_query.items()}
 
 
+def paired_delta_ci(base: np.ndarray, new: np.ndarray, n_resamples: int = 2000, seed: int = 0):
+    """Mean per-query difference new - base and its paired percentile-bootstrap 95% CI."""
+    d = np.asarray(new, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    lo, hi = bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
+    return float(d.mean()) if len(d) else 0.0, lo, hi
+
+
 def bootstrap_ci(
     values: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from medret.config import ModelConfig
 from medret.errors import InputError
+from medret.quant.persist import is_quantized_dir, load_quantized
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ class TextEncoder:
         self.device = device
         kw = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
-        self.model = AutoModel.from_pretrained(path, **kw).to(device).eval()
+        if is_quantized_dir(path):  # saved by quant.save_dir: packed weights, no re-quantization
+            self.model = load_quantized(path, cfg.trust_remote_code).to(device)
+        else:
+            self.model = AutoModel.from_pretrained(path, **kw).to(device).eval()
         self.autocast = None
         if device.type == "cuda":
             self.autocast = _AUTOCAST.get("fp16" if cfg.autocast == "auto" else cfg.autocast)
