@@ -15,7 +15,7 @@ SHARED_DATA = Path(os.environ.get("MEDRET_SHARED_DATA", ROOT.parent / "shared" /
 def isolated_env(tmp_path_factory):
     base = tmp_path_factory.mktemp("env")
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR",
-                "WANDB_ARTIFACT_DIR", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME"):
+                "WANDB_ARTIFACT_DIR", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME", "MEDRET_CACHE_DIR"):
         os.environ[var] = str(base / var.lower())
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["WANDB_SILENT"] = "true"

@@ -162,3 +162,42 @@ def test_cli_multirun_sweep_writes_every_job(tiny_bert, tmp_path):
     assert seeds == {1, 2}
     for p in results:
         assert (p.parent / "run.trec").stat().st_size > 0 and (p.parent / "per_query.jsonl").exists()
+
+
+def test_quantized_run_reports_fidelity_deltas_verdict_and_reuses_the_fp32_baseline(tiny_bert, tmp_path):
+    cache = tmp_path / "cache"
+    fp32 = run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "logger=none", f"cache.dir={cache}")), tmp_path / "fp32")
+    baseline = Path(fp32["baseline_cache"])
+    assert baseline.is_file() and "verdict" not in fp32
+    stamp = baseline.stat().st_mtime_ns
+
+    res = run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "quant=uniform", "quant.bits=3", "quant.group_size=16",
+                                                   "logger=wandb", f"cache.dir={cache}")), tmp_path / "u3")
+    assert res["baseline_cache"] == str(baseline) and baseline.stat().st_mtime_ns == stamp  # reused, not recomputed
+    d = res["deltas"]["ndcg@10"]
+    assert d["fp32"] == pytest.approx(fp32["metrics"]["ndcg@10"])
+    assert d["delta"] == pytest.approx(res["metrics"]["ndcg@10"] - fp32["metrics"]["ndcg@10"])
+    assert d["ci95"][0] <= d["delta"] <= d["ci95"][1]
+    v = res["verdict"]
+    assert v["accept"] == (v["drop_upper_ci95"] <= 0.01) and v["drop_upper_ci95"] == pytest.approx(-d["ci95"][0])
+    fid = res["fidelity"]
+    assert 0 < fid["embedding_cosine"]["min"] <= fid["embedding_cosine"]["mean"] <= 1
+    assert 0 <= fid["ranking"]["top10_overlap"] <= 1 and 0 <= fid["ranking"]["rbo_p0.9"] <= 1
+    assert 3.0 < res["quant"]["effective_bits_per_param"] < 4.5
+    assert all("sqnr_db" in layer and "mse" in layer for layer in res["quant"]["layers"])
+    neg = res["by_category"]["negation"]
+    assert "delta_ndcg@10" in neg
+    rows = [json.loads(x) for x in (tmp_path / "u3" / "per_query.jsonl").read_text().splitlines()]
+    assert {"delta_ndcg@10", "top10_overlap_fp32", "rbo_fp32"} <= set(rows[0])
+    summary = wandb_summary(Path(res["wandb"]["dir"]))["summary"]
+    assert summary["verdict/accept"] == int(v["accept"])
+    assert summary["delta/ndcg@10"] == pytest.approx(d["delta"])
+
+
+def test_cli_quant_errors_come_before_model_load(tmp_path):
+    proc = run_cli("quant=uniform", "quant.bits=9", "model.path=/nonexistent-model-dir", "logger=none",
+                   f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "error: quant.bits=9: scheme uniform needs an integer width in 2..8" in proc.stderr
+    proc = run_cli("quant=gptq", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0 and "gptq" in proc.stderr

@@ -15,7 +15,11 @@ def fit_codebooks(g: torch.Tensor, k: int, importance: torch.Tensor | None, iter
     """[groups, n] -> sorted centroids [groups, k], vectorised over groups."""
     q = (torch.arange(k, dtype=g.dtype, device=g.device) + 0.5) / k
     cent = torch.quantile(g, q, dim=1).T.contiguous()  # quantile init: no empty clusters at start
-    w = torch.ones_like(g) if importance is None else importance.clamp(min=0) + 1e-12
+    if importance is None:
+        w = torch.ones_like(g)
+    else:  # squared gradients can be ~1e-20: scale per group so only their relative size matters
+        imp = importance.clamp(min=0)
+        w = imp / imp.mean(dim=1, keepdim=True).clamp(min=1e-38) + 1e-6
     for _ in range(iters):
         codes = nearest_level(g, cent)
         sums = torch.zeros_like(cent).scatter_add_(1, codes, g * w)
