@@ -30,10 +30,15 @@ COLUMNS = ["scheme", "bits", "eff_bits", "model_MB", "ndcg@10", "recall@100", "p
 
 
 def plan(bits: list[int], schemes: list[str]) -> list[tuple[str, int | None]]:
-    out = [(s, None) for s in FIXED if s in schemes]
-    for b in bits:
+    """Most informative first (a benchmark cut short still answers the 4- and 3-bit question);
+    fp16 last, because CPU fp16 matmuls are slow."""
+    fixed_early, fixed_late = ["none", "bnb_nf4", "bnb_int8"], ["bnb_fp4", "bf16"]
+    out = [(s, None) for s in fixed_early if s in schemes]
+    for i, b in enumerate(bits):
         out += [(s, b) for s in CUSTOM if s in schemes]
-    return out
+        if i == 1 or len(bits) == 1:
+            out += [(s, None) for s in fixed_late if s in schemes]
+    return out + [(s, None) for s in FIXED if s in schemes and (s, None) not in out]
 
 
 def row(res: dict, scheme: str, bits: int | None) -> dict:
