@@ -133,6 +133,7 @@ def test_bnb_nf4_and_int8_replace_linears_and_stay_close(tiny_bert):
         emb = r.doc.encode(TEXTS, 4)
         assert (emb * ref).sum(1).min() > 0.9
         assert info["model_bytes"] < info["fp32_model_bytes"]
+        assert all(layer["sqnr_db"] > 10 for layer in info["layers"])
         if scheme == "bnb_nf4":
             assert info["bnb_4bit_compute_dtype_ran"] in ("float32", "bfloat16", "float16")
 

@@ -305,6 +305,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         summary["verdict/accept"] = int(fidelity["verdict"]["accept"])
     tracker.log_summary(summary)
     tracker.log_per_query(rows, texts if cfg.logger.log_text else None)
+    tracker.log_table("quant_layers", quant_info.get("layers", []))
     tracker.finish()
     log.info("nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries)%s -> %s", metrics.get("ndcg@10", float("nan")),
              f"{metrics['recall@100']:.4f}" if "recall@100" in metrics else "-",

@@ -15,7 +15,7 @@ from torch import nn
 from medret.config import QuantConfig
 from medret.errors import InputError
 from medret.quant import companding, kmeans, normal_float, outliers, power_of_two, uniform
-from medret.quant.bnb import BNB_DEVICES, BNB_SCHEMES, probe_compute_dtype, replace_linear
+from medret.quant.bnb import BNB_DEVICES, BNB_SCHEMES, dequantized_weight, probe_compute_dtype, replace_linear
 from medret.quant.calibration import squared_gradients
 from medret.quant.linear import QuantLinear
 from medret.quant.state import QuantState, dequantize
@@ -147,7 +147,8 @@ def quantize_model(model: nn.Module, tokenizer, cfg: QuantConfig, calibration: l
             nbits = sum(t.numel() * t.element_size() * 8 for t in new.state_dict().values()
                         if isinstance(t, torch.Tensor)) - (0 if lin.bias is None else lin.bias.numel() * 32)
             layers.append({"name": name, "scheme": spec.name, "bits": 8 if spec.name == "bnb_int8" else 4,
-                           "effective_bits": nbits / w.numel(), "params": w.numel()})
+                           "effective_bits": nbits / w.numel(), "params": w.numel(),
+                           **error_stats(w.cpu(), dequantized_weight(new))})
         else:
             gs = group_size_for(w, spec, name)
             state = quantize_weight(w.cpu(), spec, gs, importance.get(name, None) if importance else None)

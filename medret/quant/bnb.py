@@ -45,3 +45,12 @@ def probe_compute_dtype(mod: nn.Module, w: torch.Tensor) -> str:
             ref = {k: None if v is None else v + mod.bias.float() for k, v in ref.items()}
     err = {k: (out - v).abs().max().item() for k, v in ref.items() if v is not None}
     return min(err, key=err.get)
+
+
+def dequantized_weight(mod: nn.Module) -> torch.Tensor:
+    """The float weight a bitsandbytes module computes with, for per-layer error."""
+    import bitsandbytes.functional as bf
+
+    if hasattr(mod.weight, "quant_state") and mod.weight.quant_state is not None:
+        return bf.dequantize_4bit(mod.weight.data, mod.weight.quant_state).float().cpu()
+    return (mod.weight.data.float() * mod.weight.SCB.float()[:, None] / 127.0).cpu()

