@@ -86,8 +86,20 @@ class QuantConfig:
 @dataclass
 class IndexConfig:
     name: str = MISSING
-    factory: str = "Flat"  # a FAISS index_factory string
+    # a FAISS index_factory string, or "binary" (sign bits, Hamming search, exact float rescoring)
+    factory: str = "Flat"
     device: str = "auto"  # auto | cpu | cuda
+    m: int = 48  # PQ sub-quantizers (must divide the embedding dim)
+    nbits: int = 8  # PQ bits per sub-quantizer
+    nlist: int = 256  # IVF lists
+    nprobe: int = 16  # IVF lists visited per query
+    opq: bool = False  # rotate with OPQ before IVF-PQ
+    hnsw_m: int = 32
+    ef_search: int = 128
+    ef_construction: int = 200
+    rescore_multiplier: int = 10  # binary: Hamming candidates = k x this, rescored exactly
+    train_size: int = 100_000  # vectors used to train IVF/PQ/SQ (first ones of the corpus)
+    gpu_shard: bool = True  # multi-GPU: shard the index across GPUs (else replicate)
     search_batch_size: int = 4096
     latency_sample: int = 200  # single-query searches timed for p50/p95 latency
 
@@ -118,6 +130,9 @@ class EvalConfig:
 @dataclass
 class CacheConfig:
     dir: str | None = None  # None: $MEDRET_CACHE_DIR, else ~/.cache/medret
+    enabled: bool = True  # embedding shards on disk (resume, reuse across index variants)
+    shard_size: int = 10_000  # records per shard
+    dtype: str = "float32"  # float16 halves the cache; float32 keeps results bit-identical
 
 
 @dataclass

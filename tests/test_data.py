@@ -129,7 +129,8 @@ def test_synthetic_queries_categories_and_ground_truth_grades():
                 assert any(f in pmh for f in forms[q.condition])
     # test and train splits ask different questions of the same corpus
     train = load_dataset(DataConfig(name="synthetic", num_records=400, num_queries=80, seed=3, split="train"))
-    assert train.query_texts != ds.query_texts and train.doc_texts == ds.doc_texts
+    assert train.query_texts != ds.query_texts and list(train.doc_texts) == list(ds.doc_texts)
+    assert train.corpus_fingerprint == ds.corpus_fingerprint  # one corpus cache serves both splits
 
 
 def test_passages_are_exact_overlapping_slices(tiny_bert):

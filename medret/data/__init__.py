@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medret.cache import file_sha256
 from medret.config import DataConfig
 from medret.data import synthetic
 from medret.data.dataset import RetrievalDataset, check_unique, reconcile_qrels, restrict_to_judged
@@ -18,21 +19,20 @@ def _load_synthetic(cfg: DataConfig) -> RetrievalDataset:
         raise InputError(f"data.num_records={cfg.num_records}: expected a positive record count")
     if cfg.num_queries < 1:
         raise InputError(f"data.num_queries={cfg.num_queries}: expected a positive query count")
-    ids, texts, facts = [], [], []
-    for rid, text, f in synthetic.iter_records(cfg.seed, cfg.num_records):
-        ids.append(rid)
-        texts.append(text)
-        facts.append((rid, f))
+    ids = [synthetic.record_id(i) for i in range(cfg.num_records)]
     queries = synthetic.make_queries(cfg.seed, cfg.num_records, cfg.num_queries, cfg.split)
-    qrels = synthetic.judge(queries, iter(facts))
+    # qrels from the facts alone, streamed: no note text is rendered here
+    facts = ((rid, synthetic.record_facts(cfg.seed, i)) for i, rid in enumerate(ids))
+    qrels = synthetic.judge(queries, facts)
     return RetrievalDataset(
         name=f"synthetic-{cfg.num_records}-s{cfg.seed}-{cfg.split}",
         doc_ids=ids,
-        doc_texts=texts,
+        doc_texts=synthetic.SyntheticTexts(cfg.seed, cfg.num_records),
         query_ids=[q.qid for q in queries],
         query_texts=[q.text for q in queries],
         qrels=qrels,
         query_categories={q.qid: q.category for q in queries},
+        corpus_fingerprint=f"synthetic-v{synthetic.GENERATOR_VERSION}:{cfg.seed}:{cfg.num_records}",
     )
 
 
@@ -55,6 +55,7 @@ def _load_files(cfg: DataConfig, corpus: Path, queries: Path, qrels_path: Path, 
         qrels=qrels,
         unknown_qrels=unknown,
         sources={"corpus": str(corpus), "queries": str(queries), "qrels": str(qrels_path)},
+        corpus_fingerprint=f"{file_sha256(corpus)}:{cfg.title_field}:{cfg.text_field}",
     )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from medret.errors import InputError
@@ -16,18 +19,26 @@ Qrels = dict[str, dict[str, int]]
 class RetrievalDataset:
     name: str
     doc_ids: list[str]
-    doc_texts: list[str]
+    doc_texts: Sequence[str]  # a list, or a lazy sequence that renders records on demand (synthetic)
     query_ids: list[str]
     query_texts: list[str]
     qrels: Qrels
     query_categories: dict[str, str] = field(default_factory=dict)
     # qrels entries dropped because they name ids absent from the corpus or queries
     unknown_qrels: dict[str, int] = field(default_factory=lambda: {"queries": 0, "docs": 0})
-    sources: dict[str, str] = field(default_factory=dict)  # role -> file path, for digests
+    sources: dict[str, str] = field(default_factory=dict)  # role -> file path
+    corpus_fingerprint: str = ""  # identifies the corpus for embedding caches (file digest or generator id)
 
     @property
     def num_docs(self) -> int:
         return len(self.doc_ids)
+
+    def queries_fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for q, t in zip(self.query_ids, self.query_texts):
+            h.update(f"{q}\0{t}\0".encode())
+        h.update(json.dumps(self.qrels, sort_keys=True).encode())
+        return h.hexdigest()
 
 
 def check_unique(ids: list[str], where: str, what: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from medret.data.clinical_vocab import (
@@ -23,6 +23,7 @@ from medret.data.clinical_vocab import (
 )
 from medret.data.dataset import Qrels
 
+GENERATOR_VERSION = 1  # bump when the rendered text or facts change: it keys embedding caches
 CATEGORIES = ("synonym", "condition_medication", "lab_threshold", "negation")
 _BY_KEY = {c.key: c for c in CONDITIONS}
 _LABS = {c.lab.name: c for c in CONDITIONS if c.lab is not None}
@@ -116,6 +117,25 @@ def record_text(seed: int, i: int, f: RecordFacts) -> str:
     lines.append(f"Assessment: {form(f.primary)}, {rng.choice(COURSE)}. Plan: continue current "
                  f"regimen and follow up in {rng.choice((2, 4, 6, 12))} weeks.")
     return "\n".join(lines)
+
+
+class SyntheticTexts(Sequence):
+    """The corpus's note texts, rendered on demand: a 1M-record corpus never sits in memory."""
+
+    def __init__(self, seed: int, num_records: int):
+        self.seed, self.num_records = seed, num_records
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [record_text(self.seed, j, record_facts(self.seed, j)) for j in range(*i.indices(self.num_records))]
+        if i < 0:
+            i += self.num_records
+        if not 0 <= i < self.num_records:
+            raise IndexError(i)
+        return record_text(self.seed, i, record_facts(self.seed, i))
 
 
 def iter_records(seed: int, num_records: int, start: int = 0) -> Iterator[tuple[str, str, RecordFacts]]:

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-
-DOC_SAMPLE = 10_000  # docs whose embeddings are kept for cosine fidelity
-
-
-def cache_root(configured: str | None) -> Path:
-    root = configured or os.environ.get("MEDRET_CACHE_DIR") or Path.home() / ".cache" / "medret"
-    return Path(root)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -25,26 +17,6 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def data_digest(ds) -> str:
-    h = hashlib.sha256()
-    for part in (ds.doc_ids, ds.doc_texts, ds.query_ids, ds.query_texts):
-        for x in part:
-            h.update(x.encode())
-            h.update(b"\0")
-    h.update(json.dumps(ds.qrels, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def baseline_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def doc_sample_index(num: int, seed: int = 0) -> np.ndarray:
-    if num <= DOC_SAMPLE:
-        return np.arange(num)
-    return np.sort(np.random.default_rng(seed).choice(num, DOC_SAMPLE, replace=False))
 
 
 def save_baseline(path: Path, query_ids: list[str], per_query: dict[str, np.ndarray], ranked: list[list[str]],

@@ -17,14 +17,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import medret
+from medret.cache import cache_key, cache_root, ensure_writable
 from medret.config import EvaluateConfig
 from medret.data import RetrievalDataset, load_dataset
-from medret.data.passages import split_passages
 from medret.errors import InputError
 from medret.evaluation import baseline as bl
+from medret.evaluation.encode import CorpusEmbeddings, encode_corpus, encode_queries
 from medret.evaluation.fidelity import compare
 from medret.evaluation.outputs import write_json, write_jsonl, write_trec_run
-from medret.index import build_index
+from medret.index import build_index, check_gpu_limits, exact_topk, recall_vs_exact
+from medret.index.faiss_index import choose_placement
 from medret.metrics import bootstrap_ci, evaluate_run, mean_metrics
 from medret.models import Retriever, load_retriever
 from medret.quant import quantize_retriever, validate
@@ -111,26 +113,22 @@ def load_checked_data(cfg: EvaluateConfig) -> tuple[RetrievalDataset, list[int]]
 
 @dataclass
 class Retrieval:
-    doc_emb: np.ndarray
+    corpus: CorpusEmbeddings
     query_emb: np.ndarray
     ranked: list[list[tuple[str, float]]]
-    timings: dict[str, float]
-    index_placement: str
-    index_bytes: int
+    timings: dict[str, float | None]
+    index: dict[str, Any]
 
 
-def retrieve(retriever: Retriever, passages, data: RetrievalDataset, cfg, depth: int) -> Retrieval:
-    """Encode, index, search (batch, then single queries for latency) and fold passages to records."""
-    t0 = time.perf_counter()
-    doc_emb = retriever.doc.encode(passages.texts, cfg.model.batch_size, desc="documents")
-    t_docs = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    query_emb = retriever.query.encode(data.query_texts, cfg.model.batch_size, desc="queries")
-    t_queries = time.perf_counter() - t0
-    index = build_index(doc_emb, cfg.index)
-    n_pass = len(passages.texts)
-    fanout = 1 if n_pass == data.num_docs else min(cfg.eval.passage_fanout, passages.max_per_doc)
-    k_search = min(n_pass, depth * fanout)
+def retrieve(retriever: Retriever, data: RetrievalDataset, cfg, depth: int, root: Path, key_parts: dict) -> Retrieval:
+    """Encode (through the shard cache), index, search (batch, then single queries for latency), fold."""
+    corpus = encode_corpus(retriever.doc, data, cfg, root, {**key_parts, "side": "doc"})
+    query_emb, t_queries, q_hit = encode_queries(retriever.query, data, cfg, root, {**key_parts, "side": "query"})
+    index = build_index(corpus.iter_shards(), cfg.index, corpus.dim)
+    n_vec = corpus.num_vectors
+    fanout = 1 if n_vec == data.num_docs else min(cfg.eval.passage_fanout, int(np.bincount(corpus.doc_index).max()))
+    k_search = min(n_vec, depth * fanout)
+    check_gpu_limits(cfg.index, k_search, index.placement)
     t0 = time.perf_counter()
     scores, hits = index.search(query_emb, k_search, cfg.index.search_batch_size)
     t_search = time.perf_counter() - t0
@@ -141,19 +139,28 @@ def retrieve(retriever: Retriever, passages, data: RetrievalDataset, cfg, depth:
         t0 = time.perf_counter()
         index.search(query_emb[i : i + 1], k_search)
         lat.append(time.perf_counter() - t0)
+    info: dict[str, Any] = {"factory": cfg.index.factory, "placement": index.placement, "bytes": index.nbytes,
+                            "build_s": index.build_seconds, "vectors": n_vec}
+    if cfg.index.factory != "Flat":  # the index's own approximation error, against exact search
+        exact = exact_topk(query_emb, corpus.iter_shards(), k_search)
+        for k in sorted({min(10, k_search), k_search}):
+            info[f"recall_vs_exact@{k}"] = recall_vs_exact(hits, exact, k)
     timings = {
-        "encode_docs_per_s": n_pass / t_docs if t_docs > 0 else None,
+        "encode_docs_per_s": corpus.encoded_vectors / corpus.encode_s if corpus.encode_s > 0 else None,
         "encode_queries_per_s": len(query_emb) / t_queries if t_queries > 0 else None,
-        "encode_docs_s": t_docs,
+        "encode_docs_s": corpus.encode_s,
         "encode_queries_s": t_queries,
+        "shards_encoded": corpus.shards_encoded,
+        "shards_cached": corpus.shards_cached,
+        "queries_cached": q_hit,
         "index_build_s": index.build_seconds,
         "search_s": t_search,
         "search_qps": len(query_emb) / t_search if t_search > 0 else None,
         "latency_ms_p50": float(np.percentile(lat, 50) * 1e3),
         "latency_ms_p95": float(np.percentile(lat, 95) * 1e3),
     }
-    ranked = fold_to_records(scores, hits, passages.doc_index, data.doc_ids, depth)
-    return Retrieval(doc_emb, query_emb, ranked, timings, index.placement, index.nbytes)
+    ranked = fold_to_records(scores, hits, corpus.doc_index, data.doc_ids, depth)
+    return Retrieval(corpus, query_emb, ranked, timings, info)
 
 
 def score(out: Retrieval, data: RetrievalDataset, ks: list[int]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -164,18 +171,33 @@ def score(out: Retrieval, data: RetrievalDataset, ks: list[int]) -> tuple[list[s
     return qids, per_query
 
 
-def baseline_path(cfg, retriever: Retriever, data: RetrievalDataset, ks: list[int]) -> Path:
-    encoders = {"doc": retriever.doc.settings, "query": retriever.query.settings}
+def model_identity(retriever: Retriever) -> dict[str, str]:
+    """Digests of the weights as loaded (before quantization): part of every cache key."""
+    out = {"doc": bl.weights_digest(retriever.doc.model)}
+    shared = retriever.query.model is retriever.doc.model
+    out["query"] = out["doc"] if shared else bl.weights_digest(retriever.query.model)
+    return out
+
+
+def baseline_path(cfg, root: Path, identity: dict, retriever: Retriever, data: RetrievalDataset, ks: list[int]) -> Path:
     parts = {
-        "weights": [bl.weights_digest(retriever.doc.model)]
-        + ([] if retriever.query.model is retriever.doc.model else [bl.weights_digest(retriever.query.model)]),
-        "encoders": {k: vars(v) for k, v in encoders.items()},
-        "data": bl.data_digest(data),
+        "weights": identity,
+        "encoders": {"doc": vars(retriever.doc.settings), "query": vars(retriever.query.settings)},
+        "corpus": data.corpus_fingerprint,
+        "queries": data.queries_fingerprint(),
         "passages": [cfg.data.passage_tokens, cfg.data.passage_stride, cfg.eval.passage_fanout],
         "ks": ks,
-        "index": cfg.index.factory,
+        "index": OmegaConf.to_container(OmegaConf.structured(cfg.index) if not isinstance(cfg.index, DictConfig)
+                                        else cfg.index, resolve=True),
     }
-    return bl.cache_root(cfg.cache.dir) / "baselines" / f"{bl.baseline_key(parts)}.npz"
+    return root / "baselines" / f"{cache_key(parts)}.npz"
+
+
+def quant_identity(cfg) -> dict:
+    q = cfg.quant if isinstance(cfg.quant, DictConfig) else OmegaConf.structured(cfg.quant)
+    d = OmegaConf.to_container(q, resolve=True)
+    d.pop("save_dir", None)
+    return d
 
 
 def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -187,29 +209,35 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     depth = ks[-1]
     log.info("data %s: %d documents, %d judged queries", data.name, data.num_docs, len(data.query_ids))
 
+    root = cache_root(cfg.cache.dir)
+    ensure_writable(root)
+    check_gpu_limits(cfg.index, depth, choose_placement(cfg.index))
+
     retriever = load_retriever(cfg.model)
     device = retriever.doc.device
-    passages = split_passages(data.doc_texts, retriever.doc.tokenizer, cfg.data.passage_tokens,
-                              cfg.data.passage_stride)
-    sample_idx = bl.doc_sample_index(len(passages.texts), cfg.seed)
-    base_file = baseline_path(cfg, retriever, data, ks)
+    identity = model_identity(retriever)
+    base_file = baseline_path(cfg, root, identity, retriever, data, ks)
     base = bl.load_baseline(base_file, data.query_ids)
     if cfg.quant.name != "none" and base is None:
         log.info("fp32 baseline not cached: computing it once (%s)", base_file)
-        fp32 = retrieve(retriever, passages, data, cfg, depth)
+        fp32 = retrieve(retriever, data, cfg, depth, root, {"weights": identity, "quant": {"name": "none"}})
         _, fp32_pq = score(fp32, data, ks)
         bl.save_baseline(base_file, data.query_ids, fp32_pq, [[d for d, _ in h] for h in fp32.ranked],
-                         fp32.query_emb, fp32.doc_emb[sample_idx])
+                         fp32.query_emb, fp32.corpus.sample)
         base = bl.load_baseline(base_file, data.query_ids)
 
-    quant_info = quantize_retriever(retriever, cfg.quant, calibration=passages.texts)
+    calibration = None
+    if "fisher" in (cfg.quant.name, cfg.quant.base or ""):
+        calibration = data.doc_texts[: max(cfg.quant.calibration_texts * 4, 256)]
+    quant_info = quantize_retriever(retriever, cfg.quant, calibration=calibration)
     if cfg.quant.save_dir and cfg.quant.name not in ("none",):
         quant_info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), quant_info))
-    out = retrieve(retriever, passages, data, cfg, depth)
+    qkey = {"name": "none"} if cfg.quant.name == "none" else quant_identity(cfg)
+    out = retrieve(retriever, data, cfg, depth, root, {"weights": identity, "quant": qkey})
     qids, per_query = score(out, data, ks)
     ranked_ids = [[d for d, _ in h] for h in out.ranked]
     if cfg.quant.name == "none" and base is None:
-        bl.save_baseline(base_file, qids, per_query, ranked_ids, out.query_emb, out.doc_emb[sample_idx])
+        bl.save_baseline(base_file, qids, per_query, ranked_ids, out.query_emb, out.corpus.sample)
     metrics = mean_metrics(per_query)
     n_boot = cfg.eval.bootstrap_resamples
     ci = {m: list(bootstrap_ci(per_query[m], n_resamples=n_boot, seed=cfg.seed)) for m in HEADLINE if m in per_query}
@@ -219,7 +247,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         if cfg.eval.gate_metric not in per_query:
             raise InputError(f"eval.gate_metric={cfg.eval.gate_metric!r}: not a computed metric")
         heads = tuple(dict.fromkeys([*(m for m in HEADLINE if m in per_query), cfg.eval.gate_metric]))
-        fidelity = compare(base, per_query, ranked_ids, out.query_emb, out.doc_emb[sample_idx], heads,
+        fidelity = compare(base, per_query, ranked_ids, out.query_emb, out.corpus.sample, heads,
                            cfg.eval.gate_metric, cfg.eval.gate_max_drop, n_boot, cfg.seed)
 
     by_category: dict[str, dict[str, float]] = {}
@@ -239,16 +267,16 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     sizes = {
         "model_param_bytes": quant_info["model_bytes"],
         "fp32_model_param_bytes": quant_info["fp32_model_bytes"],
-        "embedding_bytes": int(out.doc_emb.nbytes),
-        "index_bytes": out.index_bytes,
-        "embedding_dim": int(out.doc_emb.shape[1]),
+        "embedding_bytes": int(out.corpus.num_vectors * out.corpus.dim * 4),
+        "index_bytes": out.index["bytes"],
+        "embedding_dim": int(out.corpus.dim),
     }
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg,
                                       resolve=True)
     results: dict[str, Any] = {
         "medret_version": medret.__version__,
         "config": resolved,
-        "data": {"name": data.name, "num_docs": data.num_docs, "num_passages": len(passages.texts),
+        "data": {"name": data.name, "num_docs": data.num_docs, "num_passages": out.corpus.num_vectors,
                  "num_queries": len(qids), "unknown_qrels": data.unknown_qrels, "sources": data.sources},
         "metrics": metrics,
         "metrics_ci95": ci,
@@ -256,7 +284,9 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         "throughput": throughput,
         "sizes": sizes,
         "quant": quant_info,
-        "device": _device_info(device, out.index_placement),
+        "index": out.index,
+        "cache": {"root": str(root), "corpus_dir": str(out.corpus.store.dir) if out.corpus.store else None},
+        "device": _device_info(device, out.index["placement"]),
         "versions": _versions(),
         "git": _git_commit(),
         "baseline_cache": str(base_file),
