@@ -26,10 +26,14 @@ def _grade_matrix(run: dict[str, list[str]], qrels: Qrels, qids: list[str], dept
 
 
 def evaluate_run(
-    run: dict[str, list[str]], qrels: Qrels, k_values: list[int]
+    run: dict[str, list[str]], qrels: Qrels, k_values: list[int], query_ids: list[str] | None = None
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Per-query metrics for every judged query: (query ids, {"ndcg@10": array, ...})."""
-    qids = [q for q in qrels if any(v > 0 for v in qrels[q].values())]
+    """Per-query metrics: (query ids, {"ndcg@10": array, ...}).
+
+    ``query_ids`` fixes the order (and must all have a relevant judgement); by default every
+    query with a relevant judgement, in qrels order.
+    """
+    qids = query_ids if query_ids is not None else [q for q in qrels if any(v > 0 for v in qrels[q].values())]
     depth = max(k_values)
     grades = _grade_matrix(run, qrels, qids, depth)
     rel = grades > 0
