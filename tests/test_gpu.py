@@ -41,3 +41,13 @@ def test_quantized_encoders_run_on_cuda(scheme):
     info = quantize_retriever(r, QuantConfig(name=scheme, bits=4, granularity="channel"))
     emb = r.doc.encode(TEXTS, 8)
     assert (emb * ref).sum(1).mean() > 0.9 and info["model_bytes"] < info["fp32_model_bytes"]
+
+
+@pytest.mark.skipif(faiss_gpu_count() > 0, reason="faiss-gpu present: the torch fallback is not used")
+def test_torch_exact_search_fallback_equals_cpu():
+    x = np.random.default_rng(0).standard_normal((5000, 64)).astype(np.float32)
+    q = x[:50] + 0.01
+    t = build_index(x, IndexConfig(name="flat", factory="Flat", device="auto"))
+    c = build_index(x, IndexConfig(name="flat", factory="Flat", device="cpu"))
+    assert t.placement == "torch"
+    np.testing.assert_array_equal(t.search(q, 10)[1], c.search(q, 10)[1])
