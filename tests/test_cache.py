@@ -130,3 +130,18 @@ def test_float16_cache_halves_shards(tiny_bert, tmp_path):
     assert size(b) < 0.55 * size(a)
     assert abs(a["metrics"]["ndcg@10"] - b["metrics"]["ndcg@10"]) < 0.02
     np.testing.assert_equal(a["data"]["num_passages"], b["data"]["num_passages"])
+
+
+def test_disk_full_during_shard_write_is_a_clear_error(tiny_bert, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        with pytest.raises(InputError, match="disk full while"):
+            cached_run(tiny_bert, tmp_path / "run", small / "cache")
+        assert not (tmp_path / "run" / "results.json").exists()
+        assert not list(small.rglob("*.tmp"))  # no half-written files left behind
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

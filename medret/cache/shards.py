@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -55,8 +56,10 @@ def ensure_writable(root: Path) -> None:
 def _write_npy_atomic(path: Path, arr: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        buf = io.BytesIO()
+        np.save(buf, arr)  # numpy's own short-write error carries no errno: write the bytes ourselves
         with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr)
+            fh.write(buf.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -102,8 +105,14 @@ class ShardStore:
 
     def _write_manifest(self, manifest: dict) -> None:
         tmp = self.dir / f".manifest.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.dir / "manifest.json")
+        try:
+            tmp.write_text(json.dumps(manifest, indent=1))
+            os.replace(tmp, self.dir / "manifest.json")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise InputError(f"{self.dir / 'manifest.json'}: disk full while updating the cache manifest") from None
+            raise
 
     def record_range(self, i: int) -> tuple[int, int]:
         return i * self.shard_size, min((i + 1) * self.shard_size, self.num_records)
