@@ -199,5 +199,7 @@ def test_cli_quant_errors_come_before_model_load(tmp_path):
                    f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     assert "error: quant.bits=9: scheme uniform needs an integer width in 2..8" in proc.stderr
+    proc = run_cli("eval.gate_metric=ndcg@7", "model.path=/nonexistent-model-dir", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "error: eval.gate_metric='ndcg@7': expected <metric>@<k>" in proc.stderr
     proc = run_cli("quant=gptq", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0 and "gptq" in proc.stderr

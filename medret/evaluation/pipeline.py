@@ -27,7 +27,7 @@ from medret.evaluation.fidelity import compare
 from medret.evaluation.outputs import write_json, write_jsonl, write_trec_run
 from medret.index import build_index, check_gpu_limits, exact_topk, recall_vs_exact
 from medret.index.faiss_index import choose_placement
-from medret.metrics import bootstrap_ci, evaluate_run, mean_metrics
+from medret.metrics import METRIC_NAMES, bootstrap_ci, evaluate_run, mean_metrics
 from medret.models import Retriever, load_retriever
 from medret.quant import quantize_retriever, validate
 from medret.quant.persist import save_quantized
@@ -105,7 +105,16 @@ def _device_info(device: torch.device, placement: str) -> dict[str, Any]:
     return info
 
 
+def check_gate(metric: str, ks: list[int]) -> None:
+    name, _, k = metric.partition("@")
+    if name not in METRIC_NAMES or not k.isdigit() or int(k) not in ks:
+        raise InputError(f"eval.gate_metric={metric!r}: expected <metric>@<k> with metric in "
+                         f"{', '.join(METRIC_NAMES)} and k in eval.k_values {ks}")
+
+
 def load_checked_data(cfg: EvaluateConfig) -> tuple[RetrievalDataset, list[int]]:
+    ks = sorted(set(int(k) for k in cfg.eval.k_values))
+    check_gate(cfg.eval.gate_metric, ks)
     data = load_dataset(cfg.data)
     ks = check_k_values(list(cfg.eval.k_values), data.num_docs, data.name)
     return data, ks
@@ -241,8 +250,6 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
 
     fidelity = None
     if base is not None and cfg.quant.name != "none":
-        if cfg.eval.gate_metric not in per_query:
-            raise InputError(f"eval.gate_metric={cfg.eval.gate_metric!r}: not a computed metric")
         heads = tuple(dict.fromkeys([*(m for m in HEADLINE if m in per_query), cfg.eval.gate_metric]))
         fidelity = compare(base, per_query, ranked_ids, out.query_emb, out.corpus.sample, heads,
                            cfg.eval.gate_metric, cfg.eval.gate_max_drop, n_boot, cfg.seed)
