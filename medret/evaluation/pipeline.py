@@ -324,6 +324,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     write_json(run_dir / "results.json", results)
     summary: dict[str, Any] = {**metrics, **{f"throughput/{k}": v for k, v in throughput.items() if v is not None},
                                **{f"size/{k}": v for k, v in sizes.items()}}
+    summary.update({f"index/{k}": v for k, v in out.index.items() if isinstance(v, (int, float))})
     if quant_info.get("effective_bits_per_param") is not None:
         summary["quant/effective_bits_per_param"] = quant_info["effective_bits_per_param"]
     for c, vals in by_category.items():
