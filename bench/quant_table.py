@@ -34,8 +34,9 @@ def plan(bits: list[int], schemes: list[str]) -> list[tuple[str, int | None]]:
     fp16 last, because CPU fp16 matmuls are slow."""
     fixed_early, fixed_late = ["none", "bnb_nf4", "bnb_int8"], ["bnb_fp4", "bf16"]
     out = [(s, None) for s in fixed_early if s in schemes]
+    custom = [s for s in schemes if s in CUSTOM]  # in the order asked for
     for i, b in enumerate(bits):
-        out += [(s, b) for s in CUSTOM if s in schemes]
+        out += [(s, b) for s in custom]
         if i == 1 or len(bits) == 1:
             out += [(s, None) for s in fixed_late if s in schemes]
     return out + [(s, None) for s in FIXED if s in schemes and (s, None) not in out]
