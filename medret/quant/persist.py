@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
 from medret.errors import InputError
+from medret.models.st_files import write_sentence_transformers_files
 from medret.quant.linear import QuantLinear
 from medret.quant.state import QuantState
 
@@ -46,16 +47,7 @@ def _save_encoder(encoder, out: Path, quant_info: dict) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         s = encoder.settings
-        (tmp / "modules.json").write_text(json.dumps(
-            [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-            + ([{"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
-               if s.normalize else []), indent=2))
-        (tmp / "1_Pooling").mkdir()
-        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(
-            {"word_embedding_dimension": encoder.dim, "pooling_mode_cls_token": s.pooling == "cls",
-             "pooling_mode_mean_tokens": s.pooling == "mean"}))
-        (tmp / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": s.max_length}))
+        write_sentence_transformers_files(tmp, s.pooling, s.normalize, s.max_length, encoder.dim)
         info = {k: v for k, v in quant_info.items() if k != "layers"}
         (tmp / MANIFEST).write_text(json.dumps({"quant": info, "modules": modules}, indent=1))
         if out.exists():
