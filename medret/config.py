@@ -148,6 +148,41 @@ class EvaluateConfig:
     write_text: bool = False  # query text in per_query.jsonl (run dir only, never W&B)
 
 
+@dataclass
+class TrainConfig:
+    name: str = "contrastive"  # contrastive (qlora and qat are planned, not built yet)
+    max_steps: int = 100
+    batch_size: int = 32  # (query, positive) pairs per step; the other positives are in-batch negatives
+    grad_accum: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    temperature: float = 0.05
+    hard_negatives: int = 0  # per query, mined once with the starting model through medret's index
+    mixed_precision: str = "auto"  # auto (fp16 on cuda, else no) | no | fp16 | bf16
+    dev_fraction: float = 0.1  # held-out share of the training queries
+    dev_every: int = 50
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the last checkpoint in the run dir
+
+
+@dataclass
+class TrainRootConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    write_text: bool = False
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="train_schema", node=TrainRootConfig)

@@ -46,11 +46,11 @@ def build_tiny_bert(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789",
              *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"), *".,:;%-/()"]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tok.save_pretrained(path)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=256)
+                     intermediate_size=2 * hidden, max_position_embeddings=512)
     BertModel(cfg).eval().save_pretrained(path)
     return path
 

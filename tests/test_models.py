@@ -59,3 +59,10 @@ def test_minilm_matches_sentence_transformers_encode(minilm_path):
     ours = r.doc.encode(notes, batch_size=8)
     ref = SentenceTransformer(minilm_path, device="cpu").encode(notes, batch_size=8)
     np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_tiny_tokenizer_knows_its_words(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    assert tok.unk_token_id not in tok("patient with diabetes")["input_ids"]

@@ -106,7 +106,7 @@ class TextEncoder:
     def param_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
 
-    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.settings.pooling == "cls":
             emb = hidden[:, 0]
         else:
@@ -143,7 +143,7 @@ class TextEncoder:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with ctx:
                     hidden = self.model(**batch).last_hidden_state
-                out[idx] = self._pool(hidden, batch["attention_mask"]).cpu().numpy()
+                out[idx] = self.pool(hidden, batch["attention_mask"]).cpu().numpy()
                 bar.update(len(idx))
         return out
 

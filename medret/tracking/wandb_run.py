@@ -28,6 +28,10 @@ class RunTracker:
         if self.run is not None:
             self.run.summary.update(summary)
 
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
     def log_per_query(self, rows: list[dict[str, Any]], texts: dict[str, str] | None) -> None:
         if self.run is None or not rows:
             return
@@ -54,7 +58,8 @@ class RunTracker:
             self.run.finish()
 
 
-def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | None = None) -> RunTracker:
+def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | None = None,
+                  job_type: str = "evaluate") -> RunTracker:
     if cfg.name == "none":
         return RunTracker(None, False)
     if cfg.name != "wandb":
@@ -69,7 +74,7 @@ def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | No
 
     run = wandb.init(
         project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-        name=name, mode=cfg.mode, dir=str(run_dir), config=config, job_type="evaluate",
+        name=name, mode=cfg.mode, dir=str(run_dir), config=config, job_type=job_type,
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
     log.info("W&B run %s (%s) in %s", run.id, cfg.mode, run_dir / "wandb")

@@ -1,0 +1,222 @@
+"""Contrastive fine-tuning of a retriever with accelerate: checkpoints that resume identically,
+dev evaluation through the evaluate code path, and export of the best model as an HF dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from medret.cache import cache_root
+from medret.data import RetrievalDataset, load_dataset
+from medret.errors import InputError
+from medret.evaluation.outputs import write_json
+from medret.evaluation.pipeline import model_identity, retrieve, score
+from medret.losses import info_nce
+from medret.models import Retriever, load_retriever
+from medret.models.st_files import write_sentence_transformers_files
+from medret.tracking import start_tracker
+from medret.training.pairs import PairSplit, split_pairs
+
+log = logging.getLogger(__name__)
+
+STATE = "trainer_state.json"
+
+
+def _config_hash(cfg) -> str:
+    """What a checkpoint must agree with to be resumed: everything but the step budget and logging."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("max_steps", "dev_every", "checkpoint_every", "keep_checkpoints", "resume"):
+        d["train"].pop(k, None)
+    d.pop("logger", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _subset(data: RetrievalDataset, queries: list[int]) -> RetrievalDataset:
+    ids = [data.query_ids[i] for i in queries]
+    return dataclasses.replace(data, query_ids=ids, query_texts=[data.query_texts[i] for i in queries],
+                               qrels={q: data.qrels[q] for q in ids},
+                               query_categories={q: c for q, c in data.query_categories.items() if q in set(ids)})
+
+
+def _embed(encoder, texts: list[str]) -> torch.Tensor:
+    s = encoder.settings
+    batch = encoder.tokenizer([s.prefix + t for t in texts], padding=True, truncation=True, max_length=s.max_length,
+                              return_tensors="pt").to(encoder.device)
+    hidden = encoder.model(**batch).last_hidden_state
+    return encoder.pool(hidden, batch["attention_mask"])
+
+
+def _batch(split: PairSplit, step: int, batch_size: int, seed: int) -> list[tuple[int, int]]:
+    """The pairs of a step: a function of the step alone, so a resumed run sees the same batches."""
+    per_epoch = max(1, len(split.pairs) // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(len(split.pairs))
+    return [split.pairs[i] for i in order[pos * batch_size : (pos + 1) * batch_size]]
+
+
+def _mine_hard_negatives(retriever: Retriever, data: RetrievalDataset, split: PairSplit, cfg, root: Path,
+                         n: int) -> dict[int, list[int]]:
+    """Top-ranked non-relevant records per training query, with the starting model and medret's index."""
+    train_data = _subset(data, split.train_queries)
+    depth = min(data.num_docs, n + max(len(p) for p in split.positives.values()) + 5)
+    out = retrieve(retriever, train_data, cfg, depth, root, {"weights": model_identity(retriever), "quant": "none"})
+    doc_index = {d: i for i, d in enumerate(data.doc_ids)}
+    hard = {}
+    for qi, hits in zip(split.train_queries, out.ranked):
+        hard[qi] = [doc_index[d] for d, _ in hits if doc_index[d] not in split.positives[qi]][:n]
+    return hard
+
+
+def _dev_ndcg(retriever: Retriever, data: RetrievalDataset, split: PairSplit, cfg, ks: list[int]) -> float:
+    dev_cfg = OmegaConf.merge(cfg, {"cache": {"enabled": False}})  # weights change every time: nothing to reuse
+    dev = _subset(data, split.dev_queries)
+    for enc in {id(retriever.doc): retriever.doc, id(retriever.query): retriever.query}.values():
+        enc.model.eval()
+    out = retrieve(retriever, dev, dev_cfg, max(ks), Path("."), {})
+    _, per_query = score(out, dev, ks)
+    return float(per_query["ndcg@10"].mean())
+
+
+def export(retriever: Retriever, unwrap, out: Path) -> Path:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    targets = [(retriever.doc, tmp)] if retriever.query.model is retriever.doc.model else [
+        (retriever.doc, tmp / "doc_encoder"), (retriever.query, tmp / "query_encoder")]
+    for enc, folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        unwrap(enc.model).save_pretrained(folder)
+        enc.tokenizer.save_pretrained(folder)
+        s = enc.settings
+        write_sentence_transformers_files(folder, s.pooling, s.normalize, s.max_length, enc.dim)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    t = cfg.train
+    if t.name != "contrastive":
+        raise InputError(f"train={t.name}: only contrastive training is built so far (qlora and qat are not)")
+    if t.batch_size < 2 and t.hard_negatives == 0:
+        raise InputError(f"train.batch_size={t.batch_size}: in-batch negatives need at least 2 pairs per batch "
+                         "(or set train.hard_negatives)")
+    if cfg.quant.name != "none":
+        raise InputError(f"quant={cfg.quant.name}: train.py fine-tunes fp32 weights; quantize the exported model "
+                         "with evaluate.py")
+    run_dir = Path(run_dir)
+    ks = sorted(set(int(k) for k in cfg.eval.k_values) | {10})
+    data = load_dataset(cfg.data)
+    split = split_pairs(data, t.dev_fraction, cfg.seed)
+    if len(split.pairs) < t.batch_size:
+        raise InputError(f"train.batch_size={t.batch_size}: only {len(split.pairs)} training pairs")
+    if split.dev_queries and max(ks) > data.num_docs:
+        raise InputError(f"eval.k_values: k={max(ks)} is larger than the corpus ({data.num_docs} documents)")
+    log.info("train: %d pairs from %d queries, %d dev queries", len(split.pairs), len(split.train_queries),
+             len(split.dev_queries))
+
+    torch.manual_seed(cfg.seed)
+    retriever = load_retriever(cfg.model)
+    mp = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if retriever.doc.device.type == "cuda" else "no")
+    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=t.grad_accum,
+                      cpu=retriever.doc.device.type == "cpu")
+    root = cache_root(cfg.cache.dir)
+    hard = _mine_hard_negatives(retriever, data, split, cfg, root, t.hard_negatives) if t.hard_negatives else {}
+
+    models = [retriever.doc.model] if retriever.symmetric or retriever.query.model is retriever.doc.model else [
+        retriever.doc.model, retriever.query.model]
+    params = [p for m in models for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
+    prepared = acc.prepare(*models, opt, sched)
+    models, opt, sched = list(prepared[: len(models)]), prepared[-2], prepared[-1]
+    retriever.doc.model = models[0]
+    retriever.query.model = models[-1] if len(models) > 1 else models[0]
+
+    ckpt_root = run_dir / "checkpoints"
+    config_hash = _config_hash(cfg)
+    state = {"step": 0, "best_dev_ndcg@10": None, "best_step": None, "history": [], "config_hash": config_hash}
+    ckpts = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if t.resume else []
+    if ckpts:
+        saved = json.loads((ckpts[-1] / STATE).read_text())
+        if saved["config_hash"] != config_hash:
+            raise InputError(f"{ckpts[-1]}: checkpoint of another config (hash {saved['config_hash']} != "
+                             f"{config_hash}); use another hydra.run.dir or train.resume=false")
+        acc.load_state(str(ckpts[-1]))
+        state = saved
+        log.info("resumed from %s (step %d)", ckpts[-1], state["step"])
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = start_tracker(cfg.logger, run_dir, resolved, job_type="train")
+    best_dir = run_dir / "best_model"
+    t0 = time.perf_counter()
+    bar = tqdm(total=t.max_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0)
+    while state["step"] < t.max_steps:
+        step = state["step"]
+        for m in models:
+            m.train()
+        losses = []
+        for micro in range(t.grad_accum):
+            pairs = _batch(split, step * t.grad_accum + micro, t.batch_size, cfg.seed)
+            docs = [di for _, di in pairs] + [h for qi, _ in pairs for h in hard.get(qi, [])]
+            # another pair of the same query in the batch is not a negative for it
+            fn = torch.tensor([[d in split.positives[qi] and j != i for j, d in enumerate(docs)]
+                               for i, (qi, _) in enumerate(pairs)], device=acc.device)
+            with acc.accumulate(*models):
+                q = _embed(retriever.query, [data.query_texts[qi] for qi, _ in pairs])
+                d = _embed(retriever.doc, [data.doc_texts[di] for di in docs])
+                loss = info_nce(q, d, t.temperature, fn)
+                acc.backward(loss)
+                if acc.sync_gradients and t.max_grad_norm > 0:
+                    acc.clip_grad_norm_(params, t.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        state["step"] = step = step + 1
+        record = {"step": step, "loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0])}
+        if split.dev_queries and (step % t.dev_every == 0 or step == t.max_steps):
+            record["dev_ndcg@10"] = _dev_ndcg(retriever, data, split, cfg, ks)
+            if state["best_dev_ndcg@10"] is None or record["dev_ndcg@10"] > state["best_dev_ndcg@10"]:
+                state["best_dev_ndcg@10"], state["best_step"] = record["dev_ndcg@10"], step
+                export(retriever, acc.unwrap_model, best_dir)
+        state["history"].append(record)
+        tracker.log_metrics(record, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+            folder = ckpt_root / f"step-{step}"
+            acc.save_state(str(folder))
+            write_json(folder / STATE, state)
+            for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-t.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    bar.close()
+    if not split.dev_queries or state["best_step"] is None:
+        export(retriever, acc.unwrap_model, best_dir)  # no dev split: the last model is the one exported
+    results = {"steps": state["step"], "best_step": state["best_step"], "best_dev_ndcg@10": state["best_dev_ndcg@10"],
+               "final_loss": state["history"][-1]["loss"] if state["history"] else None,
+               "train_pairs": len(split.pairs), "dev_queries": len(split.dev_queries),
+               "hard_negatives": t.hard_negatives, "mixed_precision": mp, "seconds": time.perf_counter() - t0,
+               "best_model": str(best_dir), "history": state["history"], "config": resolved}
+    write_json(run_dir / "train_results.json", results)
+    tracker.log_summary({k: v for k, v in results.items() if isinstance(v, (int, float)) and v is not None})
+    tracker.finish()
+    if math.isnan(results["final_loss"] or 0.0):
+        raise InputError("training diverged: the loss is NaN (lower train.lr)")
+    log.info("trained %d steps, best dev nDCG@10 %s at step %s -> %s", state["step"], state["best_dev_ndcg@10"],
+             state["best_step"], best_dir)
+    return results

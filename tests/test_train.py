@@ -1,0 +1,95 @@
+"""train.py: contrastive fine-tuning, identical resume from checkpoints, export that evaluate loads, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from medret.errors import InputError
+from medret.evaluation import run_evaluate
+from medret.training import run_train
+from tests.test_evaluate import ROOT, compose_cfg
+
+
+def train_cfg(tiny_bert: Path, *extra: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[
+            f"model.path={tiny_bert}", "model.name=tiny", "logger=none", "data.num_records=300", "data.num_queries=60",
+            "eval.k_values=[1,10,100]", "train.batch_size=8", "train.lr=5e-4", "train.warmup_steps=2",
+            "train.dev_every=4", "train.checkpoint_every=4", "train.dev_fraction=0.2", *extra])
+
+
+def test_training_lowers_the_loss_and_exports_a_model_evaluate_loads(tiny_bert, tmp_path):
+    res = run_train(train_cfg(tiny_bert, "train.max_steps=30", "train.lr=2e-3", "train.dev_every=10"), tmp_path)
+    losses = [h["loss"] for h in res["history"]]
+    assert len(losses) == 30 and res["steps"] == 30
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.03
+    assert res["dev_queries"] == 12 and res["best_dev_ndcg@10"] is not None
+    assert [h["step"] for h in res["history"] if "dev_ndcg@10" in h] == [10, 20, 30]
+    best = Path(res["best_model"])
+    assert (best / "config.json").is_file() and (best / "modules.json").is_file()
+    ev = run_evaluate(compose_cfg("model=minilm", f"model.path={best}", "logger=none", "data.num_records=300",
+                                  "data.num_queries=40", "eval.k_values=[1,10,100]"), tmp_path / "eval")
+    assert 0.0 <= ev["metrics"]["ndcg@10"] <= 1.0
+
+
+def train_cli(tiny_bert: Path, out: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "train.py"), f"model.path={tiny_bert}", "logger=none", "data.num_records=200",
+            "data.num_queries=60", "eval.k_values=[1,10,100]", "train.batch_size=8", "train.lr=1e-3",
+            "train.max_steps=16", "train.dev_every=8", "train.checkpoint_every=2", f"hydra.run.dir={out}", *extra]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tiny_bert, tmp_path):
+    straight = train_cli(tiny_bert, tmp_path / "straight")
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
+    killed = train_cli(tiny_bert, tmp_path / "killed")
+    first = tmp_path / "killed" / "checkpoints" / "step-2" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not first.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert killed.poll() is None, "training finished before it could be killed"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "train_results.json").exists()
+    resumed = train_cli(tiny_bert, tmp_path / "killed")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    a = json.loads((tmp_path / "straight" / "train_results.json").read_text())
+    b = json.loads((tmp_path / "killed" / "train_results.json").read_text())
+    assert [h["loss"] for h in b["history"]] == [h["loss"] for h in a["history"]]
+    assert b["best_dev_ndcg@10"] == a["best_dev_ndcg@10"] and b["best_step"] == a["best_step"]
+    # the same run dir with another config is refused, not silently mixed
+    with pytest.raises(InputError, match="checkpoint of another config"):
+        run_train(train_cfg(tiny_bert, "train.max_steps=20", "train.temperature=0.1", "data.num_records=200"),
+                  tmp_path / "killed")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["train.batch_size=1"], "in-batch negatives need at least 2"),
+    (["train.dev_fraction=1.5"], "train.dev_fraction=1.5"),
+    (["quant=uniform", "quant.bits=4"], "train.py fine-tunes fp32 weights"),
+])
+def test_bad_training_input(tiny_bert, tmp_path, extra, message):
+    with pytest.raises(InputError, match=message):
+        run_train(train_cfg(tiny_bert, "train.max_steps=2", *extra), tmp_path)
+
+
+def test_train_cli_exports_an_hf_dir(tiny_bert, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"model.path={tiny_bert}", "logger=none",
+                           "data.num_records=200", "data.num_queries=40", "eval.k_values=[1,10,100]",
+                           "train.max_steps=3", "train.batch_size=4", "train.dev_every=3",
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "best_model" / "config.json").read_text())["model_type"] == "bert"
+    assert json.loads((tmp_path / "train_results.json").read_text())["steps"] == 3
