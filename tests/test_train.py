@@ -93,3 +93,22 @@ def test_train_cli_exports_an_hf_dir(tiny_bert, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "best_model" / "config.json").read_text())["model_type"] == "bert"
     assert json.loads((tmp_path / "train_results.json").read_text())["steps"] == 3
+
+
+def test_qat_trains_through_the_quantizer_and_exports_a_packed_model(tiny_bert, tmp_path):
+    res = run_train(train_cfg(tiny_bert, "train=qat", "quant=uniform", "quant.bits=3", "quant.group_size=16",
+                              "train.max_steps=8", "train.lr=1e-3"), tmp_path)
+    best = Path(res["best_model"])
+    manifest = json.loads((best / "medret_quant.json").read_text())
+    assert manifest["quant"]["scheme"] == "uniform" and len(manifest["modules"]) == 12
+    assert 3.0 < res["quant"]["effective_bits_per_param"] < 4.5
+    assert (tmp_path / "best_latent" / "encoder0.pt").is_file()
+    ev = run_evaluate(compose_cfg("model=minilm", f"model.path={best}", "logger=none", "data.num_records=300",
+                                  "data.num_queries=40", "eval.k_values=[1,10,100]"), tmp_path / "eval")
+    from medret.config import ModelConfig
+    from medret.models import load_retriever
+
+    fp32_bytes = load_retriever(ModelConfig(name="t", path=str(tiny_bert))).param_bytes()
+    assert ev["sizes"]["model_param_bytes"] < fp32_bytes  # evaluate ran the packed model, not re-quantized
+    with pytest.raises(InputError, match="QAT supports the custom schemes"):
+        run_train(train_cfg(tiny_bert, "train=qat", "quant=bnb_nf4", "train.max_steps=2"), tmp_path / "x")

@@ -26,6 +26,9 @@ from medret.evaluation.pipeline import model_identity, retrieve, score
 from medret.losses import info_nce
 from medret.models import Retriever, load_retriever
 from medret.models.st_files import write_sentence_transformers_files
+from medret.quant import quantize_retriever, validate
+from medret.quant.fake import attach_fake_quant, detach_fake_quant
+from medret.quant.persist import save_quantized
 from medret.tracking import start_tracker
 from medret.training.pairs import PairSplit, split_pairs
 
@@ -89,6 +92,23 @@ def _dev_ndcg(retriever: Retriever, data: RetrievalDataset, split: PairSplit, cf
     return float(per_query["ndcg@10"].mean())
 
 
+def _distinct(retriever: Retriever) -> list:
+    return [retriever.doc] if retriever.query.model is retriever.doc.model else [retriever.doc, retriever.query]
+
+
+def _save_latent(retriever: Retriever, unwrap, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, enc in enumerate(_distinct(retriever)):
+        state = {k: v.detach().cpu().clone() for k, v in unwrap(enc.model).state_dict().items()}
+        torch.save(state, folder / f".encoder{i}.pt.tmp")
+        (folder / f".encoder{i}.pt.tmp").replace(folder / f"encoder{i}.pt")
+
+
+def _load_latent(retriever: Retriever, unwrap, folder: Path) -> None:
+    for i, enc in enumerate(_distinct(retriever)):
+        unwrap(enc.model).load_state_dict(torch.load(folder / f"encoder{i}.pt", weights_only=True))
+
+
 def export(retriever: Retriever, unwrap, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -110,14 +130,16 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import get_linear_schedule_with_warmup
 
     t = cfg.train
-    if t.name != "contrastive":
-        raise InputError(f"train={t.name}: only contrastive training is built so far (qlora and qat are not)")
+    if t.name not in ("contrastive", "qat"):
+        raise InputError(f"train={t.name}: expected contrastive or qat (qlora is not built yet)")
     if t.batch_size < 2 and t.hard_negatives == 0:
         raise InputError(f"train.batch_size={t.batch_size}: in-batch negatives need at least 2 pairs per batch "
                          "(or set train.hard_negatives)")
-    if cfg.quant.name != "none":
-        raise InputError(f"quant={cfg.quant.name}: train.py fine-tunes fp32 weights; quantize the exported model "
-                         "with evaluate.py")
+    if t.name == "contrastive" and cfg.quant.name != "none":
+        raise InputError(f"quant={cfg.quant.name}: contrastive training fine-tunes fp32 weights; use train=qat to "
+                         "train through a custom quantizer, or quantize the exported model with evaluate.py")
+    if t.name == "qat":
+        validate(cfg.quant)
     run_dir = Path(run_dir)
     ks = sorted(set(int(k) for k in cfg.eval.k_values) | {10})
     data = load_dataset(cfg.data)
@@ -131,6 +153,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     retriever = load_retriever(cfg.model)
+    if t.name == "qat":
+        for enc in _distinct(retriever):
+            n_fake = attach_fake_quant(enc.model, cfg.quant)
+        log.info("qat: %d linear layers fake-quantized (%s, %s bits)", n_fake, cfg.quant.name, cfg.quant.bits)
     mp = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if retriever.doc.device.type == "cuda" else "no")
     acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=t.grad_accum,
                       cpu=retriever.doc.device.type == "cpu")
@@ -193,7 +219,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             record["dev_ndcg@10"] = _dev_ndcg(retriever, data, split, cfg, ks)
             if state["best_dev_ndcg@10"] is None or record["dev_ndcg@10"] > state["best_dev_ndcg@10"]:
                 state["best_dev_ndcg@10"], state["best_step"] = record["dev_ndcg@10"], step
-                export(retriever, acc.unwrap_model, best_dir)
+                if t.name == "qat":  # keep the latent weights; the packed model is made once, at the end
+                    _save_latent(retriever, acc.unwrap_model, run_dir / "best_latent")
+                else:
+                    export(retriever, acc.unwrap_model, best_dir)
         state["history"].append(record)
         tracker.log_metrics(record, step)
         bar.update(1)
@@ -205,13 +234,26 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-t.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
     bar.close()
-    if not split.dev_queries or state["best_step"] is None:
+    quant_info = None
+    if t.name == "qat":
+        if state["best_step"] is not None:
+            _load_latent(retriever, acc.unwrap_model, run_dir / "best_latent")
+        shared = retriever.query.model is retriever.doc.model
+        for enc in _distinct(retriever):
+            enc.model = acc.unwrap_model(enc.model)
+            detach_fake_quant(enc.model)
+        if shared:
+            retriever.query.model = retriever.doc.model
+        quant_info = quantize_retriever(retriever, cfg.quant)
+        save_quantized(retriever, best_dir, quant_info)
+        quant_info = {k: v for k, v in quant_info.items() if k != "layers"}
+    elif not split.dev_queries or state["best_step"] is None:
         export(retriever, acc.unwrap_model, best_dir)  # no dev split: the last model is the one exported
     results = {"steps": state["step"], "best_step": state["best_step"], "best_dev_ndcg@10": state["best_dev_ndcg@10"],
                "final_loss": state["history"][-1]["loss"] if state["history"] else None,
                "train_pairs": len(split.pairs), "dev_queries": len(split.dev_queries),
                "hard_negatives": t.hard_negatives, "mixed_precision": mp, "seconds": time.perf_counter() - t0,
-               "best_model": str(best_dir), "history": state["history"], "config": resolved}
+               "best_model": str(best_dir), "quant": quant_info, "history": state["history"], "config": resolved}
     write_json(run_dir / "train_results.json", results)
     tracker.log_summary({k: v for k, v in results.items() if isinstance(v, (int, float)) and v is not None})
     tracker.finish()

@@ -1,0 +1,55 @@
+"""Fake quantization for quantization-aware training: the forward pass sees the quantized weight,
+the backward pass the latent fp32 one (straight-through estimator). Scales and codebooks are refit
+from the current weights on every forward, as each scheme defines them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medret.config import QuantConfig
+from medret.errors import InputError
+from medret.quant.apply import CUSTOM, as_config, group_size_for, quantize_weight, select_linears, spec_for
+from medret.quant.state import dequantize
+
+
+class FakeQuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, spec: QuantConfig, group_size: int):
+        super().__init__()
+        self.linear, self.spec, self.group_size = linear, spec, group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.linear.weight
+        with torch.no_grad():
+            w_hat = dequantize(quantize_weight(w.detach().float(), self.spec, self.group_size)).to(w.dtype)
+        w_ste = w + (w_hat - w).detach()
+        return F.linear(x, w_ste, self.linear.bias)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def attach_fake_quant(model: nn.Module, cfg) -> int:
+    cfg = as_config(cfg)
+    if cfg.name not in CUSTOM or cfg.name == "fisher_kmeans" or cfg.base == "fisher_kmeans":
+        raise InputError(f"train=qat with quant={cfg.name}: QAT supports the custom schemes "
+                         f"({', '.join(c for c in CUSTOM if c != 'fisher_kmeans')})")
+    n = 0
+    for name in select_linears(model, cfg):
+        spec = spec_for(name, cfg)
+        if spec.name == "none":
+            continue
+        lin = model.get_submodule(name)
+        _replace(model, name, FakeQuantLinear(lin, spec, group_size_for(lin.weight, spec, name)))
+        n += 1
+    return n
+
+
+def detach_fake_quant(model: nn.Module) -> None:
+    """Back to plain nn.Linear holding the trained latent weights (then quantize for real)."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, FakeQuantLinear):
+            _replace(model, name, mod.linear)
