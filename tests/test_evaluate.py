@@ -152,16 +152,33 @@ def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
     assert proc.returncode != 0 and "num_recods" in proc.stderr
 
 
+def wandb_run_record(run_dir: Path) -> dict:
+    exe = Path(sys.executable).parent / "wandb"
+    out = subprocess.run([str(exe), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         check=True, timeout=120)
+    return next(json.loads(x)["run"] for x in out.stdout.splitlines() if '"type":"run"' in x)
+
+
 def test_cli_multirun_sweep_writes_every_job(tiny_bert, tmp_path):
-    proc = run_cli("-m", *tiny_overrides(tiny_bert, "logger=none", "data.seed=1,2"),
-                   f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli("-m", *tiny_overrides(tiny_bert, "logger=wandb", "logger.mode=offline", "data.seed=1,2"),
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = sorted(tmp_path.glob("*/results.json"))
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(results) == 2
     seeds = {json.loads(p.read_text())["config"]["data"]["seed"] for p in results}
     assert seeds == {1, 2}
+    runs = []
     for p in results:
         assert (p.parent / "run.trec").stat().st_size > 0 and (p.parent / "per_query.jsonl").exists()
+        runs.append(wandb_run_record(Path(json.loads(p.read_text())["wandb"]["dir"])))
+    # one W&B group per sweep, job type, a name from the overrides, tags for scheme and index
+    assert runs[0]["run_group"] == runs[1]["run_group"] == f"{tmp_path.name}-sweep"  # <date>-<time> by default
+    assert {r["job_type"] for r in runs} == {"evaluate"}
+    assert "data.seed=1" in runs[0]["display_name"] and "scheme:none" in runs[0]["tags"]
+    # the same run dir maps to the same W&B run id: a requeued job continues its run
+    first = json.loads(results[0].read_text())["wandb"]["run_id"]
+    proc = run_cli(*tiny_overrides(tiny_bert, "logger=wandb", "data.seed=1"), f"hydra.run.dir={results[0].parent}")
+    assert proc.returncode == 0 and json.loads(results[0].read_text())["wandb"]["run_id"] == first
 
 
 def test_quantized_run_reports_fidelity_deltas_verdict_and_reuses_the_fp32_baseline(tiny_bert, tmp_path):

@@ -318,7 +318,10 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     # query text reaches per_query.jsonl only with write_text, and W&B only with logger.log_text
     file_rows = [{**r, "query_text": texts[r["query_id"]]} for r in rows] if cfg.write_text else rows
 
-    tracker = start_tracker(cfg.logger, run_dir, resolved)
+    tags = [f"scheme:{cfg.quant.name}", f"index:{cfg.index.name}", f"data:{cfg.data.name}"]
+    if cfg.quant.bits is not None:
+        tags.append(f"bits:{cfg.quant.bits}")
+    tracker = start_tracker(cfg.logger, run_dir, resolved, tags=tags)
     results["wandb"] = {"run_id": tracker.run.id if tracker.run else None, "dir": tracker.run_dir}
     write_trec_run(run_dir / "run.trec", dict(zip(qids, out.ranked)), tag=f"medret-{cfg.model.name}-{cfg.quant.name}")
     write_jsonl(run_dir / "per_query.jsonl", file_rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -58,8 +59,28 @@ class RunTracker:
             self.run.finish()
 
 
+def hydra_context() -> tuple[str | None, list[str]]:
+    """(sweep id, task overrides) of the running Hydra job; (None, []) outside Hydra or for a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None, []
+    overrides = list(hc.overrides.task)
+    sweep = Path(hc.sweep.dir).name if str(hc.mode) == "RunMode.MULTIRUN" else None
+    if sweep is not None:
+        sweep = f"{Path(hc.sweep.dir).parent.name}-{sweep}"
+    return sweep, overrides
+
+
+def run_identity(run_dir: Path) -> str:
+    """The same run dir always maps to the same W&B run: a requeued or resumed job continues it."""
+    return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | None = None,
-                  job_type: str = "evaluate") -> RunTracker:
+                  job_type: str = "evaluate", tags: list[str] | None = None) -> RunTracker:
     if cfg.name == "none":
         return RunTracker(None, False)
     if cfg.name != "wandb":
@@ -72,10 +93,17 @@ def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | No
         os.environ.setdefault(var, str(run_dir / "wandb" / sub))
     import wandb
 
+    sweep, overrides = hydra_context()
+    # overrides name the run; values of data paths are kept to their last component
+    label = " ".join(o if "path" not in o.split("=")[0] else f"{o.split('=')[0]}=…/{Path(o.split('=', 1)[1]).name}"
+                     for o in overrides if not o.startswith("hydra."))
     run = wandb.init(
-        project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-        name=name, mode=cfg.mode, dir=str(run_dir), config=config, job_type=job_type,
+        project=cfg.project, entity=cfg.entity, group=cfg.group or sweep, tags=[*cfg.tags, *(tags or [])] or None,
+        name=name or label or None, mode=cfg.mode, dir=str(run_dir), config=config, job_type=job_type,
+        id=run_identity(run_dir), resume="allow",
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
+    for metric in ("ndcg@*", "recall@*", "precision@*", "f1@*", "mrr@*", "map@*", "delta/*"):
+        run.define_metric(metric, summary="last")
     log.info("W&B run %s (%s) in %s", run.id, cfg.mode, run_dir / "wandb")
     return RunTracker(run, cfg.log_text)
