@@ -1,0 +1,28 @@
+"""python -m medret.report SWEEP_DIR... [--out DIR]"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from medret.errors import InputError
+from medret.report import write_report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m medret.report", description=__doc__)
+    ap.add_argument("folders", nargs="+", type=Path, help="sweep or run folders holding results.json files")
+    ap.add_argument("--out", type=Path, default=None, help="where to write (default: the first folder)")
+    args = ap.parse_args()
+    try:
+        rep, files = write_report(args.folders, args.out)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(rep.rows)} complete runs, {len(rep.partial)} partial; wrote " + ", ".join(map(str, files)))
+    for p in rep.partial:
+        print(f"partial: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
