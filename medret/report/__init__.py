@@ -151,13 +151,13 @@ def plot(rep: Report, out: Path) -> list[Path]:
     cats = sorted({c for r in rep.results for c, v in r.get("by_category", {}).items() if "delta_ndcg@10" in v})
     runs = [(lab, r) for lab, r in zip(labels, rep.results) if "deltas" in r]
     if cats and runs:
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cats) * max(1, len(runs)) / 2), 4.5))
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * len(cats) + 0.3 * len(runs)), 4.8))
         width = 0.8 / len(runs)
         for j, (lab, r) in enumerate(runs):
             vals = [r["by_category"].get(c, {}).get("delta_ndcg@10", 0.0) for c in cats]
             ax.bar([i + j * width for i in range(len(cats))], vals, width, label=lab)
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cats))], cats, rotation=15, ha="right")
         ax.set_ylabel("Δ nDCG@10 vs fp32")
         ax.set_title("per-query-category change after quantization")
         ax.legend(fontsize=7, ncol=2)
