@@ -34,7 +34,10 @@ class BinaryRescoreIndex:
             self._floats = [self._stacked]
         cand_k = min(self.ntotal, k * self.multiplier)
         _, cand = self.codes.search(np.packbits(q > 0, axis=1), cand_k)
-        scores = np.einsum("qd,qcd->qc", q, self._stacked[np.maximum(cand, 0)])
+        scores = np.empty(cand.shape, dtype=np.float32)
+        for s in range(0, len(q), 64):  # bounded gather; batched matmul rather than einsum
+            rows = self._stacked[np.maximum(cand[s : s + 64], 0)]
+            scores[s : s + 64] = (rows @ q[s : s + 64, :, None])[..., 0]
         scores[cand < 0] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, top, 1).astype(np.float32), np.take_along_axis(cand, top, 1)
