@@ -77,7 +77,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tiny_be
 @pytest.mark.parametrize("extra, message", [
     (["train.batch_size=1"], "in-batch negatives need at least 2"),
     (["train.dev_fraction=1.5"], "train.dev_fraction=1.5"),
-    (["quant=uniform", "quant.bits=4"], "train.py fine-tunes fp32 weights"),
+    (["quant=uniform", "quant.bits=4"], "contrastive training fine-tunes fp32 weights"),
 ])
 def test_bad_training_input(tiny_bert, tmp_path, extra, message):
     with pytest.raises(InputError, match=message):
