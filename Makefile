@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medret-setup
 
-.PHONY: setup evaluate test lint
+.PHONY: setup evaluate test lint slurm-up
 
 setup: $(STAMP)
 
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 evaluate: setup
 	HF_HUB_OFFLINE=1 $(PY) evaluate.py $(ARGS)
 
-test: setup
+test: setup slurm-up
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# A real single-node SLURM for the sweep tests (root + Debian's packages); without it they skip.
+slurm-up:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		slurm/local-cluster.sh start || echo "warning: local SLURM did not start; SLURM tests will skip"; \
+	else echo "note: not root or no apt-get: SLURM tests will skip"; fi
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,106 @@
+"""Sweeps on a real SLURM (slurm/local-cluster.sh, started by `make test`): a submitit job array,
+and a running job requeued with `scontrol requeue` that resumes from its cache and finishes once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_evaluate import ROOT, tiny_overrides, wandb_run_record
+
+pytestmark = pytest.mark.slurm
+
+
+def slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed", "alloc"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if not slurm_up():
+        pytest.skip("no SLURM cluster answering (start one with: slurm/local-cluster.sh start)")
+
+
+def sweep_cli(tiny_bert: Path, sweep_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "evaluate.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep_dir}",
+            *tiny_overrides(tiny_bert, *extra)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_cwd(sweep_dir),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def tmp_cwd(sweep_dir: Path) -> Path:
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    return sweep_dir.parent
+
+
+def test_sweep_runs_as_a_slurm_job_array(tiny_bert, tmp_path):
+    proc = sweep_cli(tiny_bert, tmp_path / "sweep", "logger=wandb", "logger.mode=offline", "quant=none,uniform",
+                     "quant.bits=4", "quant.group_size=16", f"cache.dir={tmp_path / 'cache'}")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    results = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 2
+    schemes = {json.loads(p.read_text())["config"]["quant"]["name"] for p in results}
+    assert schemes == {"none", "uniform"}
+    tasks = sorted(p.name for p in (tmp_path / "sweep" / ".submitit").glob("[0-9]*_[0-9]*"))
+    assert len(tasks) == 2 and tasks[0].split("_")[0] == tasks[1].split("_")[0]  # one SLURM array, two tasks
+    groups = {wandb_run_record(Path(json.loads(p.read_text())["wandb"]["dir"]))["run_group"] for p in results}
+    assert len(groups) == 1  # one W&B group per sweep
+    res = [json.loads(p.read_text()) for p in results]
+    uni = next(r for r in res if r["config"]["quant"]["name"] == "uniform")
+    assert "verdict" in uni and uni["quant"]["effective_bits_per_param"] > 4
+
+
+def squeue_job(name_part: str) -> tuple[str, str] | None:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %j"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        jid, state, name = line.split(maxsplit=2)
+        if name_part in name:
+            return jid, state
+    return None
+
+
+@pytest.mark.slow
+def test_requeued_job_resumes_from_its_cache_and_completes_once(tiny_bert, tmp_path):
+    cache = tmp_path / "cache"
+    proc = sweep_cli(tiny_bert, tmp_path / "sweep", "logger=wandb", "logger.mode=offline", "data.num_records=20000",
+                     "cache.shard_size=500", f"cache.dir={cache}", "hydra.job.name=medret-requeue")
+    deadline = time.time() + 600
+    job = None
+    while time.time() < deadline and proc.poll() is None:
+        job = squeue_job("medret-requeue") or job
+        manifests = list(cache.glob("embeddings/*/manifest.json"))
+        done = max((len(json.loads(m.read_text())["shards"]) for m in manifests if m.stat().st_size), default=0)
+        if job and job[1] == "RUNNING" and done >= 3:
+            break
+        time.sleep(0.2)
+    assert job is not None and proc.poll() is None, "the job finished before it could be requeued"
+    subprocess.run(["scontrol", "requeue", job[0]], check=True)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    results = list((tmp_path / "sweep").glob("*/results.json"))
+    assert len(results) == 1
+    res = json.loads(results[0].read_text())
+    assert res["throughput"]["shards_cached"] >= 3  # the second start reused what the first one encoded
+    assert res["throughput"]["shards_cached"] + res["throughput"]["shards_encoded"] == 40
+    for _ in range(120):  # accounting records the end a moment after the result file appears
+        acct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job[0], "-o", "State"],
+                              capture_output=True, text=True).stdout.split()
+        if "COMPLETED" in acct:
+            break
+        time.sleep(0.5)
+    assert acct.count("COMPLETED") == 1 and "REQUEUED" in acct, acct  # requeued, then completed once
+    # the requeued run continued the same W&B run id: no duplicate run for one job
+    run_ids = {p.name.split("-")[-1] for p in (results[0].parent / "wandb").glob("offline-run-*")}
+    assert run_ids == {res["wandb"]["run_id"]}
