@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float:
         log.error("error: %s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return results["metrics"].get("ndcg@10", 0.0)
+    return results.get("metrics", {}).get("ndcg@10", 0.0)  # an encode-only shard task has none
 
 
 if __name__ == "__main__":

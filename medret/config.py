@@ -133,6 +133,8 @@ class CacheConfig:
     enabled: bool = True  # embedding shards on disk (resume, reuse across index variants)
     shard_size: int = 10_000  # records per shard
     dtype: str = "float32"  # float16 halves the cache; float32 keeps results bit-identical
+    # encode only this shard into the cache and stop (one SLURM array task per shard; see slurm/)
+    only_shard: int | None = None
 
 
 @dataclass

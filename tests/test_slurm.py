@@ -104,3 +104,22 @@ def test_requeued_job_resumes_from_its_cache_and_completes_once(tiny_bert, tmp_p
     # the requeued run continued the same W&B run id: no duplicate run for one job
     run_ids = {p.name.split("-")[-1] for p in (results[0].parent / "wandb").glob("offline-run-*")}
     assert run_ids == {res["wandb"]["run_id"]}
+
+
+def test_encode_array_then_dependent_search_encodes_nothing(tiny_bert, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_bert, "logger=none", "data.num_records=2000", "cache.shard_size=500",
+                               f"cache.dir={tmp_path / 'cache'}")
+    out = subprocess.run([str(ROOT / "slurm" / "encode-array.sh"), "4", *overrides], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "MEDRET_PYTHON": sys.executable,
+                                                      "MEDRET_RUN_DIR": str(run_dir)})
+    assert out.returncode == 0, out.stderr
+    results = run_dir / "search" / "results.json"
+    deadline = time.time() + 900
+    while not results.exists() and time.time() < deadline:
+        time.sleep(1)
+    assert results.exists(), sorted(p.name for p in run_dir.iterdir())
+    res = json.loads(results.read_text())
+    assert res["throughput"]["shards_encoded"] == 0 and res["throughput"]["shards_cached"] == 4
+    shards = sorted(json.loads(p.read_text())["shard"] for p in (run_dir / "shards").glob("shard-*.json"))
+    assert shards == [0, 1, 2, 3]

@@ -12,6 +12,7 @@ import numpy as np
 from medret.cache import ShardStore, cache_key
 from medret.data import RetrievalDataset
 from medret.data.passages import split_passages
+from medret.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,35 @@ class CorpusEmbeddings:
             yield from self.store.iter_vectors()
 
 
-def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> CorpusEmbeddings:
+def corpus_store(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> ShardStore | None:
     c = cfg.cache
     meta = {**key_parts, "corpus": data.corpus_fingerprint, "encoder": vars(encoder.settings),
             "passages": [cfg.data.passage_tokens, cfg.data.passage_stride]}
-    store = ShardStore(root, cache_key(meta), meta, data.num_docs, c.shard_size, c.dtype) if c.enabled else None
+    return ShardStore(root, cache_key(meta), meta, data.num_docs, c.shard_size, c.dtype) if c.enabled else None
+
+
+def encode_one_shard(encoder, data: RetrievalDataset, cfg, root, key_parts: dict, i: int) -> dict:
+    """Encode shard ``i`` into the cache (a SLURM array task); a later full run reads it."""
+    store = corpus_store(encoder, data, cfg, root, key_parts)
+    if store is None:
+        raise InputError("cache.only_shard needs cache.enabled=true: the shard goes to the cache")
+    if not 0 <= i < store.num_shards:
+        raise InputError(f"cache.only_shard={i}: the corpus has shards 0..{store.num_shards - 1} "
+                         f"({data.num_docs} records, cache.shard_size={cfg.cache.shard_size})")
+    if store.load(i) is not None:
+        return {"shard": i, "shards": store.num_shards, "encoded": False, "dir": str(store.dir)}
+    a, b = store.record_range(i)
+    passages = split_passages(data.doc_texts[a:b], encoder.tokenizer, cfg.data.passage_tokens, cfg.data.passage_stride)
+    t0 = time.perf_counter()
+    emb = encoder.encode(passages.texts, cfg.model.batch_size, desc=f"documents {i + 1}/{store.num_shards}")
+    store.save(i, emb, passages.doc_index + a)
+    return {"shard": i, "shards": store.num_shards, "encoded": True, "vectors": len(emb),
+            "seconds": time.perf_counter() - t0, "dir": str(store.dir)}
+
+
+def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> CorpusEmbeddings:
+    c = cfg.cache
+    store = corpus_store(encoder, data, cfg, root, key_parts)
     n_shards = store.num_shards if store else max(1, -(-data.num_docs // c.shard_size))
     owners, memory, sample = [], [], []
     kept = encoded = n_new = n_cached = 0

@@ -22,7 +22,7 @@ from medret.config import EvaluateConfig
 from medret.data import RetrievalDataset, load_dataset
 from medret.errors import InputError
 from medret.evaluation import baseline as bl
-from medret.evaluation.encode import CorpusEmbeddings, encode_corpus, encode_queries
+from medret.evaluation.encode import CorpusEmbeddings, encode_corpus, encode_one_shard, encode_queries
 from medret.evaluation.fidelity import compare
 from medret.evaluation.outputs import write_json, write_jsonl, write_trec_run
 from medret.index import build_index, check_gpu_limits, exact_topk, recall_vs_exact
@@ -224,7 +224,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     identity = model_identity(retriever)
     base_file = baseline_path(cfg, root, identity, retriever, data, ks)
     base = bl.load_baseline(base_file, data.query_ids)
-    if cfg.quant.name != "none" and base is None:
+    if cfg.quant.name != "none" and base is None and cfg.cache.only_shard is None:
         log.info("fp32 baseline not cached: computing it once (%s)", base_file)
         fp32 = retrieve(retriever, data, cfg, depth, root, {"weights": identity, "quant": {"name": "none"}})
         _, fp32_pq = score(fp32, data, ks)
@@ -239,6 +239,13 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     if cfg.quant.save_dir and cfg.quant.name not in ("none",):
         quant_info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), quant_info))
     qkey = {"name": "none"} if cfg.quant.name == "none" else quant_identity(cfg)
+    if cfg.cache.only_shard is not None:  # an encode-only array task: fill one shard and stop
+        done = encode_one_shard(retriever.doc, data, cfg, root, {"weights": identity, "quant": qkey, "side": "doc"},
+                                cfg.cache.only_shard)
+        write_json(run_dir / f"shard-{cfg.cache.only_shard}.json", done)
+        log.info("shard %d/%d %s -> %s", done["shard"] + 1, done["shards"],
+                 "encoded" if done["encoded"] else "already cached", done["dir"])
+        return {"shard": done}
     out = retrieve(retriever, data, cfg, depth, root, {"weights": identity, "quant": qkey})
     qids, per_query = score(out, data, ks)
     ranked_ids = [[d for d, _ in h] for h in out.ranked]
