@@ -220,3 +220,14 @@ def test_cli_quant_errors_come_before_model_load(tmp_path):
     assert proc.returncode == 2 and "error: eval.gate_metric='ndcg@7': expected <metric>@<k>" in proc.stderr
     proc = run_cli("quant=gptq", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0 and "gptq" in proc.stderr
+
+
+def test_slurm_launcher_without_slurm_is_one_clear_error(tiny_bert, tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no sbatch/sinfo on this PATH
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "-m", "hydra/launcher=slurm",
+                           *tiny_overrides(tiny_bert, "logger=none"), f"hydra.sweep.dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra/launcher=slurm: no SLURM controller reachable (the SLURM client commands")
+    assert not list(tmp_path.glob("*/results.json"))
