@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,20 @@ def test_mixed_datasets_are_refused_and_cli_reports_it(sweep, tiny_bert, tmp_pat
 def test_pareto_front():
     pts = [(90, 0.64), (54, 0.64), (59, 0.65), (40, 0.50), (60, 0.60)]
     assert pareto_front(pts) == [3, 1, 2]
+
+
+def test_rows_from_a_wandb_run_equal_rows_from_its_results_json(tiny_bert, tmp_path):
+    import json
+
+    from medret.report import results_from_wandb, row_of
+    from tests.test_evaluate import wandb_summary
+
+    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger=wandb", "logger.mode=offline", "quant=uniform",
+                                      "quant.bits=3", "quant.group_size=16", f"cache.dir={tmp_path / 'cache'}"))
+    res = run_evaluate(cfg, tmp_path / "run")
+    readback = wandb_summary(Path(res["wandb"]["dir"]))  # the offline run's own files, as W&B stores them
+    from_wandb = row_of(results_from_wandb(readback["config"], readback["summary"]), "run")
+    from_file = row_of(json.loads((tmp_path / "run" / "results.json").read_text()), "run")
+    for key in ("model", "scheme", "bits", "eff_bits", "model_MB", "index", "ndcg@10", "recall@100", "f1@10",
+                "delta_ndcg@10", "ci95", "verdict", "qps"):
+        assert from_wandb[key] == from_file[key], key

@@ -336,6 +336,11 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     summary: dict[str, Any] = {**metrics, **{f"throughput/{k}": v for k, v in throughput.items() if v is not None},
                                **{f"size/{k}": v for k, v in sizes.items()}}
     summary.update({f"index/{k}": v for k, v in out.index.items() if isinstance(v, (int, float))})
+    summary.update({f"ci95_low/{m}": v[0] for m, v in ci.items()})
+    summary.update({f"ci95_high/{m}": v[1] for m, v in ci.items()})
+    summary["data/name"] = data.name
+    if quant_info.get("model_bytes") is not None:
+        summary["quant/model_bytes"] = quant_info["model_bytes"]
     if quant_info.get("effective_bits_per_param") is not None:
         summary["quant/effective_bits_per_param"] = quant_info["effective_bits_per_param"]
     for c, vals in by_category.items():

@@ -85,6 +85,61 @@ def collect(folders: list[Path]) -> Report:
     return rep
 
 
+def results_from_wandb(config: dict, summary: dict) -> dict:
+    """A W&B run's config and summary, shaped like results.json (what medret logs as summary)."""
+    def pair(prefix_lo: str, prefix_hi: str, m: str) -> list[float] | None:
+        lo, hi = summary.get(f"{prefix_lo}/{m}"), summary.get(f"{prefix_hi}/{m}")
+        return None if lo is None or hi is None else [lo, hi]
+
+    metrics = {k: v for k, v in summary.items() if "@" in k and "/" not in k}
+    res = {
+        "config": config,
+        "metrics": metrics,
+        "metrics_ci95": {m: pair("ci95_low", "ci95_high", m) for m in metrics if pair("ci95_low", "ci95_high", m)},
+        "quant": {"scheme": config["quant"]["name"],
+                  "effective_bits_per_param": summary.get("quant/effective_bits_per_param"),
+                  "model_bytes": summary.get("quant/model_bytes", summary.get("size/model_param_bytes", 0))},
+        "sizes": {"model_param_bytes": summary.get("size/model_param_bytes", 0)},
+        "throughput": {"encode_docs_per_s": summary.get("throughput/encode_docs_per_s"),
+                       "search_qps": summary.get("throughput/search_qps")},
+        "data": {"name": summary.get("data/name", config["data"].get("name"))},
+        "by_category": {},
+    }
+    for key, v in summary.items():
+        if key.startswith("category/"):
+            _, cat, m = key.split("/", 2)
+            res["by_category"].setdefault(cat, {})[m] = v
+    if "delta/ndcg@10" in summary:
+        res["deltas"] = {m.removeprefix("delta/"): {"delta": v, "ci95": pair("delta_ci_low", "delta_ci_high",
+                                                                            m.removeprefix("delta/"))}
+                         for m, v in summary.items() if m.startswith("delta/")}
+        res["verdict"] = {"accept": bool(summary.get("verdict/accept"))}
+    return res
+
+
+def collect_wandb(path: str) -> Report:
+    """ENTITY/PROJECT/GROUP from the W&B API (needs network and a login)."""
+    import wandb
+
+    parts = path.split("/")
+    if len(parts) != 3:
+        raise InputError(f"--wandb {path!r}: expected ENTITY/PROJECT/GROUP")
+    rep = Report()
+    datasets: set[str] = set()
+    for run in wandb.Api().runs(f"{parts[0]}/{parts[1]}", filters={"group": parts[2]}):
+        if run.state != "finished":
+            rep.partial.append(f"{run.name} (W&B state {run.state})")
+            continue
+        res = results_from_wandb(dict(run.config), dict(run.summary))
+        rep.results.append(res)
+        rep.rows.append(row_of(res, run.name))
+        datasets.add(res["data"]["name"])
+    if len(datasets) > 1:
+        raise InputError(f"mixed datasets in one report: {', '.join(sorted(datasets))}; report each separately")
+    rep.dataset = next(iter(datasets), None)
+    return rep
+
+
 def markdown(rep: Report) -> str:
     lines = [f"# medret report: {rep.dataset or 'no complete runs'}", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -169,8 +224,14 @@ def plot(rep: Report, out: Path) -> list[Path]:
     return written
 
 
-def write_report(folders: list[Path], out: Path | None = None) -> tuple[Report, list[Path]]:
-    rep = collect(folders)
+def write_report(folders: list[Path], out: Path | None = None, wandb_path: str | None = None
+                 ) -> tuple[Report, list[Path]]:
+    if wandb_path:
+        rep = collect_wandb(wandb_path)
+        if out is None:
+            raise InputError("--wandb needs --out (there is no sweep folder to write into)")
+    else:
+        rep = collect(folders)
     out = out or folders[0]
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "report.md", [markdown(rep)])
