@@ -112,3 +112,18 @@ def test_qat_trains_through_the_quantizer_and_exports_a_packed_model(tiny_bert, 
     assert ev["sizes"]["model_param_bytes"] < fp32_bytes  # evaluate ran the packed model, not re-quantized
     with pytest.raises(InputError, match="QAT supports the custom schemes"):
         run_train(train_cfg(tiny_bert, "train=qat", "quant=bnb_nf4", "train.max_steps=2"), tmp_path / "x")
+
+
+def test_positives_missing_from_the_corpus_and_no_pairs_are_errors(tiny_bert, tmp_path):
+    from tests.test_data import write_beir
+
+    corpus = [{"_id": f"d{i}", "text": f"patient {i} with diabetes"} for i in range(6)]
+    queries = [{"_id": f"q{i}", "text": f"diabetes {i}"} for i in range(4)]
+    write_beir(tmp_path / "b1", corpus, queries, [("q0", "d0", 1), ("q1", "gone", 1), ("q2", "d2", 1)])
+    with pytest.raises(InputError, match="1 positives name records missing from the corpus"):
+        run_train(train_cfg(tiny_bert, "data=beir", f"data.path={tmp_path / 'b1'}", "data.split=test",
+                            "train.max_steps=2", "train.batch_size=2", "eval.k_values=[1,5]"), tmp_path / "r1")
+    write_beir(tmp_path / "b2", corpus, queries, [("q0", "d0", 0)])
+    with pytest.raises(InputError, match="no query has a relevant judged document"):
+        run_train(train_cfg(tiny_bert, "data=beir", f"data.path={tmp_path / 'b2'}", "data.split=test",
+                            "train.max_steps=2", "train.batch_size=2", "eval.k_values=[1,5]"), tmp_path / "r2")

@@ -143,6 +143,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     ks = sorted(set(int(k) for k in cfg.eval.k_values) | {10})
     data = load_dataset(cfg.data)
+    if data.unknown_qrels["docs"]:  # a training positive that is not in the corpus is a broken pair
+        raise InputError(f"{data.sources.get('qrels', data.name)}: {data.unknown_qrels['docs']} positives name "
+                         f"records missing from the corpus {data.sources.get('corpus', '')}".rstrip())
     split = split_pairs(data, t.dev_fraction, cfg.seed)
     if len(split.pairs) < t.batch_size:
         raise InputError(f"train.batch_size={t.batch_size}: only {len(split.pairs)} training pairs")
