@@ -231,3 +231,10 @@ def test_slurm_launcher_without_slurm_is_one_clear_error(tiny_bert, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: hydra/launcher=slurm: no SLURM controller reachable (the SLURM client commands")
     assert not list(tmp_path.glob("*/results.json"))
+
+
+def test_fisher_kmeans_through_evaluate_gets_calibration_texts(tiny_bert, tmp_path):
+    res = run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "logger=none", "quant=fisher_kmeans", "quant.bits=3",
+                                                   "quant.calibration_texts=16")), tmp_path)
+    assert res["quant"]["scheme"] == "fisher_kmeans" and "verdict" in res
+    assert 3.0 < res["quant"]["effective_bits_per_param"] < 4.0

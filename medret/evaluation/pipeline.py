@@ -29,7 +29,7 @@ from medret.index import build_index, check_gpu_limits, exact_topk, recall_vs_ex
 from medret.index.faiss_index import choose_placement
 from medret.metrics import METRIC_NAMES, bootstrap_ci, evaluate_run, mean_metrics
 from medret.models import Retriever, load_retriever
-from medret.quant import quantize_retriever, validate
+from medret.quant import needs_calibration, quantize_retriever, validate
 from medret.quant.persist import save_quantized
 from medret.tracking import start_tracker
 
@@ -233,8 +233,8 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         base = bl.load_baseline(base_file, data.query_ids)
 
     calibration = None
-    if "fisher" in (cfg.quant.name, cfg.quant.base or ""):
-        calibration = data.doc_texts[: max(cfg.quant.calibration_texts * 4, 256)]
+    if needs_calibration(cfg.quant):  # unlabelled corpus texts for Fisher-weighted k-means
+        calibration = list(data.doc_texts[: max(cfg.quant.calibration_texts * 4, 256)])
     quant_info = quantize_retriever(retriever, cfg.quant, calibration=calibration)
     if cfg.quant.save_dir and cfg.quant.name not in ("none",):
         quant_info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), quant_info))

@@ -12,7 +12,13 @@ from typing import Any
 
 from medret.quant.apply import CASTS, SCHEMES, as_config, quantize_model, state_bytes, validate
 
-__all__ = ["SCHEMES", "quantize_retriever", "validate"]
+__all__ = ["SCHEMES", "needs_calibration", "quantize_retriever", "validate"]
+
+
+def needs_calibration(cfg) -> bool:
+    """Whether any module's scheme (top level or an override) is Fisher-weighted k-means."""
+    specs = [cfg, *cfg.overrides.values()]
+    return any("fisher_kmeans" in (spec.get("name"), spec.get("base")) for spec in specs)
 
 
 def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> dict[str, Any]:
