@@ -54,6 +54,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     autocast: str = "auto"  # auto (fp16 on cuda) | fp16 | bf16 | none; CPU always runs fp32
     trust_remote_code: bool = False
+    adapter: str | None = None  # a train=qlora best_adapter dir: LoRA attached after quantization
 
 
 @dataclass
@@ -152,7 +153,7 @@ class EvaluateConfig:
 
 @dataclass
 class TrainConfig:
-    name: str = "contrastive"  # contrastive (qlora and qat are planned, not built yet)
+    name: str = "contrastive"  # contrastive | qat | qlora
     max_steps: int = 100
     batch_size: int = 32  # (query, positive) pairs per step; the other positives are in-batch negatives
     grad_accum: int = 1
@@ -168,6 +169,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     resume: bool = True  # continue from the last checkpoint in the run dir
+    lora_r: int = 16  # qlora: adapter rank
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,3 +128,89 @@ def test_positives_missing_from_the_corpus_and_no_pairs_are_errors(tiny_bert, tm
     with pytest.raises(InputError, match="no query has a relevant judged document"):
         run_train(train_cfg(tiny_bert, "data=beir", f"data.path={tmp_path / 'b2'}", "data.split=test",
                             "train.max_steps=2", "train.batch_size=2", "eval.k_values=[1,5]"), tmp_path / "r2")
+
+
+def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert, tmp_path):
+    quant = ["quant=uniform", "quant.bits=2", "quant.group_size=16"]
+    res = run_train(train_cfg(tiny_bert, "train=qlora", *quant, "train.max_steps=12", "train.lr=3e-3",
+                              "train.lora_r=4", "train.dev_every=6"), tmp_path)
+    adapter = Path(res["quant"]["adapter"])
+    from safetensors.torch import load_file
+
+    state = load_file(str(adapter / "adapter0.safetensors"))
+    assert len(state) == 24 and all(v.abs().max() > 0 for k, v in state.items() if "lora_B" in k)  # B starts at 0
+    meta = json.loads((adapter / "medret_adapter.json").read_text())
+    assert meta["r"] == 4 and len(meta["targets"][0]) == 12 and meta["quant"]["bits"] == 2
+    assert res["quant"]["merged_layers"] == 12
+    # checkpoints hold the adapters, optimizer and RNG, not the quantized base
+    ckpt = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    assert (ckpt / "adapter0.safetensors").is_file() and not list(ckpt.glob("model*.safetensors"))
+
+    common = ["model=minilm", "logger=none", "data.num_records=300", "data.num_queries=40", "eval.k_values=[1,10,100]"]
+    plain = run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", *quant), tmp_path / "plain")
+    attached = run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", *quant, f"model.adapter={adapter}"),
+                            tmp_path / "attached")
+    merged = run_evaluate(compose_cfg(*common, f"model.path={res['best_model']}"), tmp_path / "merged")
+    assert attached["quant"]["adapter"]["r"] == 4
+    # quantized base + adapters computes what the merged fp32 model (dequantized W + B·A) computes
+    assert abs(attached["metrics"]["ndcg@10"] - merged["metrics"]["ndcg@10"]) < 1e-3
+    # and the adapter changed the quantized model's ranking (a cached encoding was not reused)
+    assert attached["fidelity"]["ranking"]["top10_overlap"] != plain["fidelity"]["ranking"]["top10_overlap"]
+    with pytest.raises(InputError, match="trained over quant"):
+        run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", "quant=uniform", "quant.bits=3",
+                                 "quant.group_size=16", f"model.adapter={adapter}"), tmp_path / "wrong")
+    with pytest.raises(InputError, match="QLoRA adapter sits on a quantized base"):
+        run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", f"model.adapter={adapter}"), tmp_path / "w2")
+
+
+def test_qlora_over_bitsandbytes_nf4_resumes_identically(tiny_bert, tmp_path):
+    extra = ["train=qlora", "quant.blocksize=32", "train.lr=2e-3", "train.lora_r=4", "train.dev_every=4",
+             "train.checkpoint_every=2", "train.lora_dropout=0.1"]
+    straight = run_train(train_cfg(tiny_bert, *extra, "train.max_steps=6", "train.keep_checkpoints=3"),
+                         tmp_path / "straight")
+    assert straight["config"]["quant"]["name"] == "bnb_nf4"  # train=qlora's default base
+    # as if killed after the step-2 checkpoint: only that checkpoint is left
+    shutil.copytree(tmp_path / "straight", tmp_path / "killed")
+    for leftover in ("checkpoints/step-4", "checkpoints/step-6", "best_model", "best_adapter", "train_results.json"):
+        shutil.rmtree(tmp_path / "killed" / leftover) if (tmp_path / "killed" / leftover).is_dir() else (
+            tmp_path / "killed" / leftover).unlink()
+    resumed = run_train(train_cfg(tiny_bert, *extra, "train.max_steps=6", "train.keep_checkpoints=3"),
+                        tmp_path / "killed")
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    assert (Path(straight["best_model"]) / "config.json").is_file()
+    with pytest.raises(InputError, match="qlora trains adapters over a quantized base"):
+        run_train(train_cfg(tiny_bert, "train=qlora", "quant=none", "train.max_steps=2"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "bnb_nf4"])
+def test_lora_over_a_quantized_base_fits_a_batch(tiny_bert, scheme):
+    """The adapters really learn through the frozen quantized base (a real loss, a real optimizer)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from medret.config import ModelConfig, QuantConfig
+    from medret.losses import info_nce
+    from medret.models import load_retriever
+    from medret.models.lora import attach_lora, lora_targets
+    from medret.quant import quantize_retriever
+    from medret.training.trainer import _embed
+
+    torch.manual_seed(0)
+    r = load_retriever(OmegaConf.structured(ModelConfig(name="t", path=str(tiny_bert))))
+    quantize_retriever(r, OmegaConf.merge(OmegaConf.structured(QuantConfig),
+                                          {"name": scheme, "bits": 2, "group_size": 16, "blocksize": 32}))
+    attach_lora(r.doc.model, lora_targets(r.doc.model), 8, 16, 0.0)
+    params = [p for p in r.doc.model.parameters() if p.requires_grad]
+    assert params and all("lora_" in n for n, p in r.doc.model.named_parameters() if p.requires_grad)
+    queries = [f"diabetes patient {i} insulin" if i % 2 else f"fracture {i} cast" for i in range(8)]
+    docs = [f"record {i}: {q}" for i, q in enumerate(queries)]
+    opt = torch.optim.AdamW(params, lr=5e-3)
+    r.doc.model.train()
+    losses = []
+    for _ in range(30):
+        loss = info_nce(_embed(r.query, queries), _embed(r.doc, docs), 0.05, None)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5

@@ -211,6 +211,9 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     t_start = time.perf_counter()
     # Cheap checks first: bad data, k or quant options fail before any model is loaded.
     validate(cfg.quant, cfg.model.device)
+    if cfg.model.adapter and cfg.quant.name in ("none", "fp16", "bf16"):
+        raise InputError(f"model.adapter={cfg.model.adapter}: a QLoRA adapter sits on a quantized base; set the "
+                         "quant it was trained over")
     data, ks = load_checked_data(cfg)
     depth = ks[-1]
     log.info("data %s: %d documents, %d judged queries", data.name, data.num_docs, len(data.query_ids))
@@ -239,6 +242,14 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     if cfg.quant.save_dir and cfg.quant.name not in ("none",):
         quant_info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), quant_info))
     qkey = {"name": "none"} if cfg.quant.name == "none" else quant_identity(cfg)
+    if cfg.model.adapter:
+        from medret.models.lora import load_adapters
+
+        encoders = [retriever.doc] if retriever.query.model is retriever.doc.model else [retriever.doc, retriever.query]
+        meta = load_adapters([e.model for e in encoders], Path(cfg.model.adapter), quant_identity(cfg))
+        quant_info["adapter"] = {"path": cfg.model.adapter, "r": meta["r"], "step": meta.get("step"),
+                                 "digest": meta["digest"]}
+        qkey = {**qkey, "adapter": meta["digest"]}
     if cfg.cache.only_shard is not None:  # an encode-only array task: fill one shard and stop
         done = encode_one_shard(retriever.doc, data, cfg, root, {"weights": identity, "quant": qkey, "side": "doc"},
                                 cfg.cache.only_shard)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -52,5 +54,11 @@ def dequantized_weight(mod: nn.Module) -> torch.Tensor:
     import bitsandbytes.functional as bf
 
     if hasattr(mod.weight, "quant_state") and mod.weight.quant_state is not None:
-        return bf.dequantize_4bit(mod.weight.data, mod.weight.quant_state).float().cpu()
-    return (mod.weight.data.float() * mod.weight.SCB.float()[:, None] / 127.0).cpu()
+        data, qs = mod.weight.data, mod.weight.quant_state
+        if getattr(qs, "packing_format_for_cpu", False):
+            # The CPU kernel repacks the weight on its first eval forward (bnb 0.50); unpack a copy with
+            # bnb's own inverse and leave the module as it is. Private API: there is no public one.
+            data, qs = bf._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(qs))
+        return bf.dequantize_4bit(data, qs).float().cpu()
+    scb = mod.weight.SCB if mod.weight.SCB is not None else mod.state.SCB  # moves to state after a forward
+    return (mod.weight.data.float() * scb.float()[:, None] / 127.0).cpu()

@@ -22,11 +22,12 @@ from medret.cache import cache_root
 from medret.data import RetrievalDataset, load_dataset
 from medret.errors import InputError
 from medret.evaluation.outputs import write_json
-from medret.evaluation.pipeline import model_identity, retrieve, score
+from medret.evaluation.pipeline import model_identity, quant_identity, retrieve, score
 from medret.losses import info_nce
 from medret.models import Retriever, load_retriever
+from medret.models.lora import merge_to_dense, save_adapters
 from medret.models.st_files import write_sentence_transformers_files
-from medret.quant import quantize_retriever, validate
+from medret.quant import needs_calibration, quantize_retriever, validate
 from medret.quant.fake import attach_fake_quant, detach_fake_quant
 from medret.quant.persist import save_quantized
 from medret.tracking import start_tracker
@@ -109,6 +110,43 @@ def _load_latent(retriever: Retriever, unwrap, folder: Path) -> None:
         unwrap(enc.model).load_state_dict(torch.load(folder / f"encoder{i}.pt", weights_only=True))
 
 
+def _attach_qlora(retriever: Retriever, data: RetrievalDataset, cfg) -> dict:
+    """Quantize the base (frozen) and put LoRA adapters on its quantized linears."""
+    from medret.models.lora import attach_lora, lora_targets, quant_digest
+
+    t = cfg.quant
+    calibration = list(data.doc_texts[: max(t.calibration_texts * 4, 256)]) if needs_calibration(t) else None
+    info = quantize_retriever(retriever, t, calibration=calibration)
+    targets, n = [], 0
+    for enc in _distinct(retriever):
+        targets.append(lora_targets(enc.model))
+        n += attach_lora(enc.model, targets[-1], cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
+    quant = quant_identity(cfg)
+    log.info("qlora: base %s (%.2f bits/param), LoRA r=%d on %d linears, %d trainable parameters", t.name,
+             info["effective_bits_per_param"], cfg.train.lora_r, sum(map(len, targets)), n)
+    return {"r": cfg.train.lora_r, "alpha": cfg.train.lora_alpha, "targets": targets, "quant": quant,
+            "quant_digest": quant_digest(quant), "base_model": cfg.model.path, "trainable_params": n}
+
+
+def _save_adapter_files(models: list, unwrap, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    from medret.models.lora import adapter_state
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(models):
+        save_file(adapter_state(unwrap(m)), str(folder / f"adapter{i}.safetensors"))
+
+
+def _load_adapter_files(models: list, unwrap, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    from medret.models.lora import load_adapter_state
+
+    for i, m in enumerate(models):
+        load_adapter_state(unwrap(m), load_file(str(folder / f"adapter{i}.safetensors")))
+
+
 def export(retriever: Retriever, unwrap, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -130,16 +168,21 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import get_linear_schedule_with_warmup
 
     t = cfg.train
-    if t.name not in ("contrastive", "qat"):
-        raise InputError(f"train={t.name}: expected contrastive or qat (qlora is not built yet)")
+    if t.name not in ("contrastive", "qat", "qlora"):
+        raise InputError(f"train={t.name}: expected contrastive, qat or qlora")
     if t.batch_size < 2 and t.hard_negatives == 0:
         raise InputError(f"train.batch_size={t.batch_size}: in-batch negatives need at least 2 pairs per batch "
                          "(or set train.hard_negatives)")
     if t.name == "contrastive" and cfg.quant.name != "none":
         raise InputError(f"quant={cfg.quant.name}: contrastive training fine-tunes fp32 weights; use train=qat to "
                          "train through a custom quantizer, or quantize the exported model with evaluate.py")
-    if t.name == "qat":
+    if t.name in ("qat", "qlora"):
         validate(cfg.quant)
+    if t.name == "qlora" and cfg.quant.name in ("none", "fp16", "bf16"):
+        raise InputError(f"quant={cfg.quant.name}: qlora trains adapters over a quantized base; use bnb_nf4, "
+                         "bnb_int8 or a custom scheme (or train=contrastive for fp32)")
+    if t.name == "qlora" and cfg.model.adapter:
+        raise InputError("model.adapter: qlora starts new adapters; merge the old ones first (best_model/)")
     run_dir = Path(run_dir)
     ks = sorted(set(int(k) for k in cfg.eval.k_values) | {10})
     data = load_dataset(cfg.data)
@@ -160,6 +203,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         for enc in _distinct(retriever):
             n_fake = attach_fake_quant(enc.model, cfg.quant)
         log.info("qat: %d linear layers fake-quantized (%s, %s bits)", n_fake, cfg.quant.name, cfg.quant.bits)
+    lora_meta = None
+    if t.name == "qlora":
+        lora_meta = _attach_qlora(retriever, data, cfg)
     mp = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if retriever.doc.device.type == "cuda" else "no")
     acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=t.grad_accum,
                       cpu=retriever.doc.device.type == "cpu")
@@ -168,7 +214,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     models = [retriever.doc.model] if retriever.symmetric or retriever.query.model is retriever.doc.model else [
         retriever.doc.model, retriever.query.model]
-    params = [p for m in models for p in m.parameters()]
+    params = [p for m in models for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
     prepared = acc.prepare(*models, opt, sched)
@@ -176,6 +222,11 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     retriever.doc.model = models[0]
     retriever.query.model = models[-1] if len(models) > 1 else models[0]
 
+    if t.name == "qlora":  # checkpoints hold the adapters only: the quantized base is rebuilt from the config
+        acc.register_save_state_pre_hook(
+            lambda ms, weights, out: (_save_adapter_files(ms, acc.unwrap_model, Path(out)), weights.clear()))
+        acc.register_load_state_pre_hook(
+            lambda ms, folder: (_load_adapter_files(ms, acc.unwrap_model, Path(folder)), ms.clear()))
     ckpt_root = run_dir / "checkpoints"
     config_hash = _config_hash(cfg)
     state = {"step": 0, "best_dev_ndcg@10": None, "best_step": None, "history": [], "config_hash": config_hash}
@@ -187,6 +238,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                              f"{config_hash}); use another hydra.run.dir or train.resume=false")
         acc.load_state(str(ckpts[-1]))
         state = saved
+        # a changed train.max_steps changes the schedule: continue on the new one, not the saved lr
+        inner = getattr(sched, "scheduler", sched)
+        for group, base, lam in zip(opt.param_groups, inner.base_lrs, inner.lr_lambdas):
+            group["lr"] = base * lam(inner.last_epoch)
         log.info("resumed from %s (step %d)", ckpts[-1], state["step"])
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -224,6 +279,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 state["best_dev_ndcg@10"], state["best_step"] = record["dev_ndcg@10"], step
                 if t.name == "qat":  # keep the latent weights; the packed model is made once, at the end
                     _save_latent(retriever, acc.unwrap_model, run_dir / "best_latent")
+                elif t.name == "qlora":
+                    save_adapters([acc.unwrap_model(e.model) for e in _distinct(retriever)],
+                                  run_dir / "best_adapter", {**lora_meta, "step": step})
                 else:
                     export(retriever, acc.unwrap_model, best_dir)
         state["history"].append(record)
@@ -250,6 +308,17 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         quant_info = quantize_retriever(retriever, cfg.quant)
         save_quantized(retriever, best_dir, quant_info)
         quant_info = {k: v for k, v in quant_info.items() if k != "layers"}
+    elif t.name == "qlora":
+        if state["best_step"] is None:  # no dev split: the last adapters are the ones kept
+            save_adapters([acc.unwrap_model(e.model) for e in _distinct(retriever)], run_dir / "best_adapter",
+                          {**lora_meta, "step": state["step"]})
+        else:
+            _load_adapter_files([e.model for e in _distinct(retriever)], acc.unwrap_model, run_dir / "best_adapter")
+        merged = sum(merge_to_dense(acc.unwrap_model(e.model)) for e in _distinct(retriever))
+        export(retriever, acc.unwrap_model, best_dir)
+        quant_info = {"scheme": cfg.quant.name, "bits": cfg.quant.bits, "lora_r": t.lora_r,
+                      "adapter": str(run_dir / "best_adapter"), "merged_layers": merged,
+                      "trainable_params": lora_meta["trainable_params"]}
     elif not split.dev_queries or state["best_step"] is None:
         export(retriever, acc.unwrap_model, best_dir)  # no dev split: the last model is the one exported
     results = {"steps": state["step"], "best_step": state["best_step"], "best_dev_ndcg@10": state["best_dev_ndcg@10"],
