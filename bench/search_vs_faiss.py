@@ -1,6 +1,6 @@
 """Search QPS: medret's SearchIndex vs calling FAISS directly on the same index and queries.
 
-    .venv/bin/python bench/search_vs_faiss.py --vectors 200000 --dim 384 --queries 2000 --preset flat
+.venv/bin/python bench/search_vs_faiss.py --vectors 200000 --dim 384 --queries 2000 --preset flat
 """
 
 from __future__ import annotations
@@ -47,10 +47,22 @@ def main() -> None:
         b = raw.search(q, args.k)
         theirs.append(len(q) / (time.perf_counter() - t0))
     assert (a[1] == b[1]).all()
-    print(json.dumps({"preset": args.preset, "placement": idx.placement, "vectors": args.vectors, "dim": args.dim,
-                      "queries": args.queries, "k": args.k, "medret_qps_median": statistics.median(ours),
-                      "faiss_qps_median": statistics.median(theirs),
-                      "ratio_medret_over_faiss": statistics.median(ours) / statistics.median(theirs)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "placement": idx.placement,
+                "vectors": args.vectors,
+                "dim": args.dim,
+                "queries": args.queries,
+                "k": args.k,
+                "medret_qps_median": statistics.median(ours),
+                "faiss_qps_median": statistics.median(theirs),
+                "ratio_medret_over_faiss": statistics.median(ours) / statistics.median(theirs),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,17 @@ SHARED_DATA = Path(os.environ.get("MEDRET_SHARED_DATA", ROOT.parent / "shared" /
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):
     base = tmp_path_factory.mktemp("env")
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR",
-                "WANDB_ARTIFACT_DIR", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME", "MEDRET_CACHE_DIR"):
+    for var in (
+        "WANDB_DIR",
+        "WANDB_CACHE_DIR",
+        "WANDB_DATA_DIR",
+        "WANDB_CONFIG_DIR",
+        "WANDB_ARTIFACT_DIR",
+        "MPLCONFIGDIR",
+        "TORCHINDUCTOR_CACHE_DIR",
+        "HF_HOME",
+        "MEDRET_CACHE_DIR",
+    ):
         os.environ[var] = str(base / var.lower())
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["WANDB_SILENT"] = "true"
@@ -29,13 +38,15 @@ def real_data(name: str) -> Path:
     return path
 
 
-WORDS = sorted(set(
-    "the a of and with for in on no without but treated patient history denies negative known year old "
-    "man woman male female clinic chief complaint medications labs assessment plan diabetes t2dm "
-    "sugar hypertension htn blood pressure metformin lisinopril kidney heart failure asthma copd "
-    "mg daily twice cough pain fever anemia thyroid depression gout stroke elderly young adult "
-    "middle aged above below hba1c ldl egfr tsh".split()
-))
+WORDS = sorted(
+    set(
+        "the a of and with for in on no without but treated patient history denies negative known year old "
+        "man woman male female clinic chief complaint medications labs assessment plan diabetes t2dm "
+        "sugar hypertension htn blood pressure metformin lisinopril kidney heart failure asthma copd "
+        "mg daily twice cough pain fever anemia thyroid depression gout stroke elderly young adult "
+        "middle aged above below hba1c ldl egfr tsh".split()
+    )
+)
 
 
 def build_tiny_bert(path: Path, seed: int = 0, hidden: int = 32) -> Path:
@@ -43,14 +54,29 @@ def build_tiny_bert(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789",
-             *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"), *".,:;%-/()"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *WORDS,
+        *"abcdefghijklmnopqrstuvwxyz0123456789",
+        *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
+        *".,:;%-/()",
+    ]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tok.save_pretrained(path)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=512,
+    )
     BertModel(cfg).eval().save_pretrained(path)
     return path
 

@@ -72,15 +72,35 @@ def test_foreign_manifest_and_unwritable_cache_are_refused(tiny_bert, tmp_path):
 
 
 def cli(tiny_bert: Path, cache: Path, out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "evaluate.py"), *tiny_overrides(tiny_bert, "logger=none"),
-            "data.num_records=20000", "cache.shard_size=500", f"cache.dir={cache}", f"hydra.run.dir={out}", *extra]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    args = [
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        *tiny_overrides(tiny_bert, "logger=none"),
+        "data.num_records=20000",
+        "cache.shard_size=500",
+        f"cache.dir={cache}",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
 
 
 def shards_done(cache: Path) -> int:
-    return max((len(json.loads(p.read_text())["shards"]) for p in cache.glob("embeddings/*/manifest.json")
-                if p.stat().st_size), default=0)
+    return max(
+        (
+            len(json.loads(p.read_text())["shards"])
+            for p in cache.glob("embeddings/*/manifest.json")
+            if p.stat().st_size
+        ),
+        default=0,
+    )
 
 
 @pytest.mark.slow
@@ -100,8 +120,10 @@ def test_killed_encode_resumes_with_only_missing_shards_and_identical_results(ti
     resumed = cli(tiny_bert, cache, tmp_path / "resumed")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
     res = json.loads((tmp_path / "resumed" / "results.json").read_text())
-    assert res["throughput"]["shards_cached"] >= done and res["throughput"]["shards_encoded"] == 40 - res[
-        "throughput"]["shards_cached"]
+    assert (
+        res["throughput"]["shards_cached"] >= done
+        and res["throughput"]["shards_encoded"] == 40 - res["throughput"]["shards_cached"]
+    )
 
     clean = cli(tiny_bert, tmp_path / "cache2", tmp_path / "clean")
     assert clean.wait(timeout=600) == 0

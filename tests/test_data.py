@@ -33,8 +33,11 @@ def write_beir(root: Path, corpus: list, queries: list, qrels: list[tuple], gz: 
     return root
 
 
-CORPUS = [{"_id": "d1", "title": "T1", "text": "alpha"}, {"_id": "d2", "text": "beta"},
-          {"_id": "d3", "title": "", "text": "gamma"}]
+CORPUS = [
+    {"_id": "d1", "title": "T1", "text": "alpha"},
+    {"_id": "d2", "text": "beta"},
+    {"_id": "d3", "title": "", "text": "gamma"},
+]
 QUERIES = [{"_id": "q1", "text": "alpha?"}, {"_id": "q2", "text": "beta?"}, {"_id": "q3", "text": "none"}]
 QRELS = [("q1", "d1", 1), ("q2", "d2", 2), ("q2", "d3", 0)]
 
@@ -91,8 +94,14 @@ def test_records_set_from_csv_and_jsonl(tmp_path):
     (tmp_path / "notes.csv").write_text("_id,title,text\nr1,Note,chest pain\nr2,,cough\n")
     (tmp_path / "q.jsonl").write_text(json.dumps({"_id": "a", "text": "pain"}) + "\n")
     (tmp_path / "qrels.tsv").write_text("a\tr1\t1\n")
-    ds = load_dataset(DataConfig(name="records", corpus_file=str(tmp_path / "notes.csv"),
-                                 queries_file=str(tmp_path / "q.jsonl"), qrels_file=str(tmp_path / "qrels.tsv")))
+    ds = load_dataset(
+        DataConfig(
+            name="records",
+            corpus_file=str(tmp_path / "notes.csv"),
+            queries_file=str(tmp_path / "q.jsonl"),
+            qrels_file=str(tmp_path / "qrels.tsv"),
+        )
+    )
     assert ds.doc_texts == ["Note chest pain", "cough"] and ds.query_ids == ["a"]
 
 

@@ -27,14 +27,26 @@ def compose_cfg(*overrides: str):
 
 
 def tiny_overrides(tiny_bert: Path, *extra: str) -> list[str]:
-    return ["model=minilm", f"model.path={tiny_bert}", "model.name=tiny", "data.num_records=300",
-            "data.num_queries=40", "eval.k_values=[1,5,10,100]", *extra]
+    return [
+        "model=minilm",
+        f"model.path={tiny_bert}",
+        "model.name=tiny",
+        "data.num_records=300",
+        "data.num_queries=40",
+        "eval.k_values=[1,5,10,100]",
+        *extra,
+    ]
 
 
 def test_defaults_compose_and_typos_are_rejected():
     cfg = compose_cfg()
     assert (cfg.data.name, cfg.model.name, cfg.quant.name, cfg.index.name, cfg.logger.name) == (
-        "synthetic", "minilm", "none", "flat", "wandb")
+        "synthetic",
+        "minilm",
+        "none",
+        "flat",
+        "wandb",
+    )
     assert cfg.logger.mode == "offline" and cfg.logger.log_text is False
     assert cfg.model.trust_remote_code is False
     assert list(cfg.eval.k_values) == [1, 3, 5, 10, 100]
@@ -54,8 +66,13 @@ def read_trec_run(path: Path) -> dict[str, dict[str, float]]:
 
 def wandb_summary(run_dir: Path) -> dict:
     exe = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(exe), "leet", "inspect", "--summary", "--json", str(run_dir)],
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [str(exe), "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return json.loads(out.stdout)
 
 
@@ -86,7 +103,8 @@ def test_run_writes_results_trec_per_query_and_wandb_without_text(tiny_bert, tmp
 
     ds = load_dataset(cfg.data)
     ref = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "P.10", "recall.100"}).evaluate(
-        read_trec_run(tmp_path / "run.trec"))
+        read_trec_run(tmp_path / "run.trec")
+    )
     assert np.isclose(np.mean([v["ndcg_cut_10"] for v in ref.values()]), on_disk["metrics"]["ndcg@10"])
     assert np.isclose(np.mean([v["recall_100"] for v in ref.values()]), on_disk["metrics"]["recall@100"])
 
@@ -125,8 +143,14 @@ def test_passages_fold_back_to_records(tiny_bert, tmp_path):
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
@@ -135,16 +159,27 @@ def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
     (beir / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
     (beir / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
     (beir / "qrels" / "test.tsv").write_text("q\ta\t1\n")
-    proc = run_cli("data=beir", f"data.path={beir}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
-                   "model.path=/nonexistent-model-dir")
+    proc = run_cli(
+        "data=beir",
+        f"data.path={beir}",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "model.path=/nonexistent-model-dir",
+    )
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [f"error: {beir / 'corpus.jsonl'}:2: malformed JSON (Expecting value at column 22)"]
     assert not (tmp_path / "run" / "results.json").exists()
 
     (beir / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"}\n')
-    proc = run_cli("data=beir", f"data.path={beir}", "logger=none", "eval.k_values=[1,10]",
-                   f"hydra.run.dir={tmp_path / 'run2'}", "model.path=/nonexistent-model-dir")
+    proc = run_cli(
+        "data=beir",
+        f"data.path={beir}",
+        "logger=none",
+        "eval.k_values=[1,10]",
+        f"hydra.run.dir={tmp_path / 'run2'}",
+        "model.path=/nonexistent-model-dir",
+    )
     assert proc.returncode == 2
     assert "error: eval.k_values: k=10 is larger than the corpus of beir-test (2 documents)" in proc.stderr
 
@@ -154,14 +189,18 @@ def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
 
 def wandb_run_record(run_dir: Path) -> dict:
     exe = Path(sys.executable).parent / "wandb"
-    out = subprocess.run([str(exe), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
-                         check=True, timeout=120)
+    out = subprocess.run(
+        [str(exe), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, check=True, timeout=120
+    )
     return next(json.loads(x)["run"] for x in out.stdout.splitlines() if '"type":"run"' in x)
 
 
 def test_cli_multirun_sweep_writes_every_job(tiny_bert, tmp_path):
-    proc = run_cli("-m", *tiny_overrides(tiny_bert, "logger=wandb", "logger.mode=offline", "data.seed=1,2"),
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = run_cli(
+        "-m",
+        *tiny_overrides(tiny_bert, "logger=wandb", "logger.mode=offline", "data.seed=1,2"),
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(results) == 2
@@ -188,8 +227,14 @@ def test_quantized_run_reports_fidelity_deltas_verdict_and_reuses_the_fp32_basel
     assert baseline.is_file() and "verdict" not in fp32
     stamp = baseline.stat().st_mtime_ns
 
-    res = run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "quant=uniform", "quant.bits=3", "quant.group_size=16",
-                                                   "logger=wandb", f"cache.dir={cache}")), tmp_path / "u3")
+    res = run_evaluate(
+        compose_cfg(
+            *tiny_overrides(
+                tiny_bert, "quant=uniform", "quant.bits=3", "quant.group_size=16", "logger=wandb", f"cache.dir={cache}"
+            )
+        ),
+        tmp_path / "u3",
+    )
     assert res["baseline_cache"] == str(baseline) and baseline.stat().st_mtime_ns == stamp  # reused, not recomputed
     d = res["deltas"]["ndcg@10"]
     assert d["fp32"] == pytest.approx(fp32["metrics"]["ndcg@10"])
@@ -212,8 +257,9 @@ def test_quantized_run_reports_fidelity_deltas_verdict_and_reuses_the_fp32_basel
 
 
 def test_cli_quant_errors_come_before_model_load(tmp_path):
-    proc = run_cli("quant=uniform", "quant.bits=9", "model.path=/nonexistent-model-dir", "logger=none",
-                   f"hydra.run.dir={tmp_path}")
+    proc = run_cli(
+        "quant=uniform", "quant.bits=9", "model.path=/nonexistent-model-dir", "logger=none", f"hydra.run.dir={tmp_path}"
+    )
     assert proc.returncode == 2
     assert "error: quant.bits=9: scheme uniform needs an integer width in 2..8" in proc.stderr
     proc = run_cli("eval.gate_metric=ndcg@7", "model.path=/nonexistent-model-dir", f"hydra.run.dir={tmp_path}")
@@ -224,17 +270,38 @@ def test_cli_quant_errors_come_before_model_load(tmp_path):
 
 def test_slurm_launcher_without_slurm_is_one_clear_error(tiny_bert, tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no sbatch/sinfo on this PATH
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "-m", "hydra/launcher=slurm",
-                           *tiny_overrides(tiny_bert, "logger=none"), f"hydra.sweep.dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            *tiny_overrides(tiny_bert, "logger=none"),
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "error: hydra/launcher=slurm: no SLURM controller reachable (the SLURM client commands")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: hydra/launcher=slurm: no SLURM controller reachable (the SLURM client commands")
+    )
     assert not list(tmp_path.glob("*/results.json"))
 
 
 def test_fisher_kmeans_through_evaluate_gets_calibration_texts(tiny_bert, tmp_path):
-    res = run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "logger=none", "quant=fisher_kmeans", "quant.bits=3",
-                                                   "quant.calibration_texts=16")), tmp_path)
+    res = run_evaluate(
+        compose_cfg(
+            *tiny_overrides(
+                tiny_bert, "logger=none", "quant=fisher_kmeans", "quant.bits=3", "quant.calibration_texts=16"
+            )
+        ),
+        tmp_path,
+    )
     assert res["quant"]["scheme"] == "fisher_kmeans" and "verdict" in res
     assert res["quant"]["effective_bits_per_param"] > 3.0  # + per-row codebooks: large on a 32-wide toy model

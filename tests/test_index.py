@@ -23,8 +23,9 @@ def vectors():
 
 
 def index_cfg(name: str, *extra: str):
-    return compose_cfg(f"index={name}", "index.nlist=32", "index.m=24", "index.nbits=6", "index.train_size=6000",
-                       *extra).index
+    return compose_cfg(
+        f"index={name}", "index.nlist=32", "index.m=24", "index.nbits=6", "index.train_size=6000", *extra
+    ).index
 
 
 def test_streamed_exact_topk_equals_flat(vectors):

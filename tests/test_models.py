@@ -11,8 +11,13 @@ from medret.errors import InputError
 from medret.models import load_retriever
 from medret.models.encoder import resolve_model_path
 
-TEXTS = ["the patient with diabetes", "no pain", "elderly woman with htn on lisinopril 10 mg daily",
-         "cough", "young adult man denies fever and chest pain with asthma history"]
+TEXTS = [
+    "the patient with diabetes",
+    "no pain",
+    "elderly woman with htn on lisinopril 10 mg daily",
+    "cough",
+    "young adult man denies fever and chest pain with asthma history",
+]
 
 
 def test_sorted_batches_equal_one_at_a_time_in_input_order(tiny_bert):
@@ -26,8 +31,9 @@ def test_sorted_batches_equal_one_at_a_time_in_input_order(tiny_bert):
 
 def test_cls_pooling_prefixes_and_no_normalisation(tiny_bert):
     mean = load_retriever(ModelConfig(name="t", path=str(tiny_bert), normalize=False)).doc.encode(TEXTS, 8)
-    cls_r = load_retriever(ModelConfig(name="t", path=str(tiny_bert), pooling="cls", normalize=False,
-                                       query_prefix="query: "))
+    cls_r = load_retriever(
+        ModelConfig(name="t", path=str(tiny_bert), pooling="cls", normalize=False, query_prefix="query: ")
+    )
     cls = cls_r.doc.encode(TEXTS, 8)
     assert not np.allclose(mean, cls)
     assert not np.allclose(np.linalg.norm(cls, axis=1), 1.0)

@@ -19,8 +19,12 @@ from medret.quant.linear import QuantLinear
 from medret.quant.packing import pack_codes, unpack_codes
 from medret.quant.state import dequantize
 
-TEXTS = ["elderly woman with sugar diabetes on metformin", "no history of chest pain",
-         "HbA1c 9.1 % and LDL 180 mg/dL", "young adult man with asthma treated with albuterol"]
+TEXTS = [
+    "elderly woman with sugar diabetes on metformin",
+    "no history of chest pain",
+    "HbA1c 9.1 % and LDL 180 mg/dL",
+    "young adult man with asthma treated with albuterol",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +59,11 @@ def test_nf4_levels_equal_bitsandbytes_create_normal_map():
 def test_nf4_group64_error_matches_bitsandbytes_nf4(minilm_weights):
     import bitsandbytes.functional as bf
 
-    for name in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.3.intermediate.dense.weight",
-                 "encoder.layer.5.output.dense.weight"):
+    for name in (
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.3.intermediate.dense.weight",
+        "encoder.layer.5.output.dense.weight",
+    ):
         w = minilm_weights[name]
         packed, qs = bf.quantize_4bit(w, blocksize=64, quant_type="nf4")
         ref = (bf.dequantize_4bit(packed, qs).float() - w).pow(2).mean().item()
@@ -66,8 +73,11 @@ def test_nf4_group64_error_matches_bitsandbytes_nf4(minilm_weights):
 
 @pytest.mark.parametrize("bits", [3, 4])
 def test_kmeans_beats_uniform_at_same_bits_and_granularity(minilm_weights, bits):
-    for name in ("encoder.layer.0.attention.self.key.weight", "encoder.layer.2.intermediate.dense.weight",
-                 "encoder.layer.4.output.dense.weight"):
+    for name in (
+        "encoder.layer.0.attention.self.key.weight",
+        "encoder.layer.2.intermediate.dense.weight",
+        "encoder.layer.4.output.dense.weight",
+    ):
         w = minilm_weights[name]
         km = mse(w, kmeans.quantize(w, bits, w.shape[1]))
         assert km < mse(w, uniform.quantize(w, bits, w.shape[1], symmetric=True))
@@ -108,9 +118,13 @@ def test_group64_4bit_effective_bits_and_file_size(minilm_uniform4):
     # the linear weights on disk: 4.25 bits each instead of 32
     unquantized = info["fp32_model_bytes"] - 4 * info["quantized_params"]
     assert (info["model_bytes"] - unquantized) * 8 / info["quantized_params"] == pytest.approx(
-        info["effective_bits_per_param"], rel=1e-6)
-    assert all(isinstance(m, QuantLinear) for n, m in r.doc.model.named_modules()
-               if n.startswith("encoder.") and isinstance(m, (torch.nn.Linear, QuantLinear)))
+        info["effective_bits_per_param"], rel=1e-6
+    )
+    assert all(
+        isinstance(m, QuantLinear)
+        for n, m in r.doc.model.named_modules()
+        if n.startswith("encoder.") and isinstance(m, (torch.nn.Linear, QuantLinear))
+    )
 
 
 def test_saved_quantized_model_round_trips_with_identical_embeddings(minilm_uniform4):
@@ -140,8 +154,12 @@ def test_bnb_nf4_and_int8_replace_linears_and_stay_close(tiny_bert):
 
 def test_overrides_give_mixed_precision_and_skip_modules(tiny_bert):
     r = load_retriever(ModelConfig(name="t", path=str(tiny_bert)))
-    cfg = QuantConfig(name="uniform", bits=4, group_size=16,
-                      overrides={"*.attention.self.*": {"bits": 8}, "*.output.dense": {"name": "none"}})
+    cfg = QuantConfig(
+        name="uniform",
+        bits=4,
+        group_size=16,
+        overrides={"*.attention.self.*": {"bits": 8}, "*.output.dense": {"name": "none"}},
+    )
     info = quantize_retriever(r, cfg)
     bits = {layer["name"]: layer["bits"] for layer in info["layers"]}
     assert bits["encoder.layer.0.attention.self.query"] == 8
@@ -156,8 +174,11 @@ def test_fisher_kmeans_uses_calibration_gradients(tiny_bert):
     plain = load_retriever(ModelConfig(name="t", path=str(tiny_bert)))
     fisher = load_retriever(ModelConfig(name="t", path=str(tiny_bert)))
     quantize_retriever(plain, QuantConfig(name="kmeans", bits=3, granularity="channel"))
-    info = quantize_retriever(fisher, QuantConfig(name="fisher_kmeans", bits=3, granularity="channel",
-                                                  calibration_texts=16), calibration=notes)
+    info = quantize_retriever(
+        fisher,
+        QuantConfig(name="fisher_kmeans", bits=3, granularity="channel", calibration_texts=16),
+        calibration=notes,
+    )
     a = plain.doc.model.encoder.layer[0].attention.self.query.codebook
     b = fisher.doc.model.encoder.layer[0].attention.self.query.codebook
     assert not torch.equal(a, b)

@@ -19,8 +19,13 @@ from tests.test_evaluate import compose_cfg, tiny_overrides
 def sweep(tiny_bert, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     cache = root.parent / "cache"
-    for i, extra in enumerate([[], ["quant=uniform", "quant.bits=3", "quant.group_size=16"],
-                               ["quant=nf", "quant.bits=4", "quant.group_size=16"]]):
+    for i, extra in enumerate(
+        [
+            [],
+            ["quant=uniform", "quant.bits=3", "quant.group_size=16"],
+            ["quant=nf", "quant.bits=4", "quant.group_size=16"],
+        ]
+    ):
         cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger=none", f"cache.dir={cache}", *extra))
         run_evaluate(cfg, root / str(i))
     (root / "3" / ".hydra").mkdir(parents=True)  # a job that started and was killed before results.json
@@ -53,11 +58,16 @@ def test_mixed_datasets_are_refused_and_cli_reports_it(sweep, tiny_bert, tmp_pat
     run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "logger=none", "data.seed=99")), other / "0")
     with pytest.raises(InputError, match="mixed datasets in one report"):
         write_report([sweep, other], tmp_path / "out")
-    proc = subprocess.run([sys.executable, "-m", "medret.report", str(sweep), str(other), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "medret.report", str(sweep), str(other), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: mixed datasets in one report")
-    proc = subprocess.run([sys.executable, "-m", "medret.report", str(tmp_path / "nothing")], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "medret.report", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and "not a directory" in proc.stderr
 
 
@@ -72,12 +82,34 @@ def test_rows_from_a_wandb_run_equal_rows_from_its_results_json(tiny_bert, tmp_p
     from medret.report import results_from_wandb, row_of
     from tests.test_evaluate import wandb_summary
 
-    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger=wandb", "logger.mode=offline", "quant=uniform",
-                                      "quant.bits=3", "quant.group_size=16", f"cache.dir={tmp_path / 'cache'}"))
+    cfg = compose_cfg(
+        *tiny_overrides(
+            tiny_bert,
+            "logger=wandb",
+            "logger.mode=offline",
+            "quant=uniform",
+            "quant.bits=3",
+            "quant.group_size=16",
+            f"cache.dir={tmp_path / 'cache'}",
+        )
+    )
     res = run_evaluate(cfg, tmp_path / "run")
     readback = wandb_summary(Path(res["wandb"]["dir"]))  # the offline run's own files, as W&B stores them
     from_wandb = row_of(results_from_wandb(readback["config"], readback["summary"]), "run")
     from_file = row_of(json.loads((tmp_path / "run" / "results.json").read_text()), "run")
-    for key in ("model", "scheme", "bits", "eff_bits", "model_MB", "index", "ndcg@10", "recall@100", "f1@10",
-                "delta_ndcg@10", "ci95", "verdict", "qps"):
+    for key in (
+        "model",
+        "scheme",
+        "bits",
+        "eff_bits",
+        "model_MB",
+        "index",
+        "ndcg@10",
+        "recall@100",
+        "f1@10",
+        "delta_ndcg@10",
+        "ci95",
+        "verdict",
+        "qps",
+    ):
         assert from_wandb[key] == from_file[key], key

@@ -39,7 +39,8 @@ def test_scifact_metrics_equal_pytrec_eval(scifact_run):
     res, ds, run = scifact_run
     cuts = ",".join(map(str, K))
     ref = pytrec_eval.RelevanceEvaluator(
-        ds.qrels, {f"{m}.{cuts}" for m in ("P", "recall", "ndcg_cut", "map_cut")}).evaluate(run)
+        ds.qrels, {f"{m}.{cuts}" for m in ("P", "recall", "ndcg_cut", "map_cut")}
+    ).evaluate(run)
     for k in K:
         for ours, theirs in (("precision", "P"), ("recall", "recall"), ("ndcg", "ndcg_cut"), ("map", "map_cut")):
             expected = np.mean([ref[q][f"{theirs}_{k}"] for q in ds.query_ids])

@@ -32,11 +32,25 @@ def cluster():
 
 
 def sweep_cli(tiny_bert: Path, sweep_dir: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "evaluate.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20", f"hydra.sweep.dir={sweep_dir}",
-            *tiny_overrides(tiny_bert, *extra)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_cwd(sweep_dir),
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=20",
+        f"hydra.sweep.dir={sweep_dir}",
+        *tiny_overrides(tiny_bert, *extra),
+    ]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_cwd(sweep_dir),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def tmp_cwd(sweep_dir: Path) -> Path:
@@ -45,8 +59,16 @@ def tmp_cwd(sweep_dir: Path) -> Path:
 
 
 def test_sweep_runs_as_a_slurm_job_array(tiny_bert, tmp_path):
-    proc = sweep_cli(tiny_bert, tmp_path / "sweep", "logger=wandb", "logger.mode=offline", "quant=none,uniform",
-                     "quant.bits=4", "quant.group_size=16", f"cache.dir={tmp_path / 'cache'}")
+    proc = sweep_cli(
+        tiny_bert,
+        tmp_path / "sweep",
+        "logger=wandb",
+        "logger.mode=offline",
+        "quant=none,uniform",
+        "quant.bits=4",
+        "quant.group_size=16",
+        f"cache.dir={tmp_path / 'cache'}",
+    )
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     results = sorted((tmp_path / "sweep").glob("*/results.json"))
@@ -74,8 +96,16 @@ def squeue_job(name_part: str) -> tuple[str, str] | None:
 @pytest.mark.slow
 def test_requeued_job_resumes_from_its_cache_and_completes_once(tiny_bert, tmp_path):
     cache = tmp_path / "cache"
-    proc = sweep_cli(tiny_bert, tmp_path / "sweep", "logger=wandb", "logger.mode=offline", "data.num_records=20000",
-                     "cache.shard_size=500", f"cache.dir={cache}", "hydra.job.name=medret-requeue")
+    proc = sweep_cli(
+        tiny_bert,
+        tmp_path / "sweep",
+        "logger=wandb",
+        "logger.mode=offline",
+        "data.num_records=20000",
+        "cache.shard_size=500",
+        f"cache.dir={cache}",
+        "hydra.job.name=medret-requeue",
+    )
     deadline = time.time() + 600
     job = None
     while time.time() < deadline and proc.poll() is None:
@@ -95,8 +125,9 @@ def test_requeued_job_resumes_from_its_cache_and_completes_once(tiny_bert, tmp_p
     assert res["throughput"]["shards_cached"] >= 3  # the second start reused what the first one encoded
     assert res["throughput"]["shards_cached"] + res["throughput"]["shards_encoded"] == 40
     for _ in range(120):  # accounting records the end a moment after the result file appears
-        acct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job[0], "-o", "State"],
-                              capture_output=True, text=True).stdout.split()
+        acct = subprocess.run(
+            ["sacct", "-n", "-X", "-D", "-j", job[0], "-o", "State"], capture_output=True, text=True
+        ).stdout.split()
         if "COMPLETED" in acct:
             break
         time.sleep(0.5)
@@ -108,11 +139,17 @@ def test_requeued_job_resumes_from_its_cache_and_completes_once(tiny_bert, tmp_p
 
 def test_encode_array_then_dependent_search_encodes_nothing(tiny_bert, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_bert, "logger=none", "data.num_records=2000", "cache.shard_size=500",
-                               f"cache.dir={tmp_path / 'cache'}")
-    out = subprocess.run([str(ROOT / "slurm" / "encode-array.sh"), "4", *overrides], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "MEDRET_PYTHON": sys.executable,
-                                                      "MEDRET_RUN_DIR": str(run_dir)})
+    overrides = tiny_overrides(
+        tiny_bert, "logger=none", "data.num_records=2000", "cache.shard_size=500", f"cache.dir={tmp_path / 'cache'}"
+    )
+    out = subprocess.run(
+        [str(ROOT / "slurm" / "encode-array.sh"), "4", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MEDRET_PYTHON": sys.executable, "MEDRET_RUN_DIR": str(run_dir)},
+    )
     assert out.returncode == 0, out.stderr
     results = run_dir / "search" / "results.json"
     deadline = time.time() + 900

@@ -22,10 +22,24 @@ from tests.test_evaluate import ROOT, compose_cfg
 
 def train_cfg(tiny_bert: Path, *extra: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[
-            f"model.path={tiny_bert}", "model.name=tiny", "logger=none", "data.num_records=300", "data.num_queries=60",
-            "eval.k_values=[1,10,100]", "train.batch_size=8", "train.lr=5e-4", "train.warmup_steps=2",
-            "train.dev_every=4", "train.checkpoint_every=4", "train.dev_fraction=0.2", *extra])
+        return compose(
+            config_name="train",
+            overrides=[
+                f"model.path={tiny_bert}",
+                "model.name=tiny",
+                "logger=none",
+                "data.num_records=300",
+                "data.num_queries=60",
+                "eval.k_values=[1,10,100]",
+                "train.batch_size=8",
+                "train.lr=5e-4",
+                "train.warmup_steps=2",
+                "train.dev_every=4",
+                "train.checkpoint_every=4",
+                "train.dev_fraction=0.2",
+                *extra,
+            ],
+        )
 
 
 def test_training_lowers_the_loss_and_exports_a_model_evaluate_loads(tiny_bert, tmp_path):
@@ -37,17 +51,38 @@ def test_training_lowers_the_loss_and_exports_a_model_evaluate_loads(tiny_bert, 
     assert [h["step"] for h in res["history"] if "dev_ndcg@10" in h] == [10, 20, 30]
     best = Path(res["best_model"])
     assert (best / "config.json").is_file() and (best / "modules.json").is_file()
-    ev = run_evaluate(compose_cfg("model=minilm", f"model.path={best}", "logger=none", "data.num_records=300",
-                                  "data.num_queries=40", "eval.k_values=[1,10,100]"), tmp_path / "eval")
+    ev = run_evaluate(
+        compose_cfg(
+            "model=minilm",
+            f"model.path={best}",
+            "logger=none",
+            "data.num_records=300",
+            "data.num_queries=40",
+            "eval.k_values=[1,10,100]",
+        ),
+        tmp_path / "eval",
+    )
     assert 0.0 <= ev["metrics"]["ndcg@10"] <= 1.0
 
 
 def train_cli(tiny_bert: Path, out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "train.py"), f"model.path={tiny_bert}", "logger=none", "data.num_records=200",
-            "data.num_queries=60", "eval.k_values=[1,10,100]", "train.batch_size=8", "train.lr=1e-3",
-            "train.max_steps=16", "train.dev_every=8", "train.checkpoint_every=2", f"hydra.run.dir={out}", *extra]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"model.path={tiny_bert}",
+        "logger=none",
+        "data.num_records=200",
+        "data.num_queries=60",
+        "eval.k_values=[1,10,100]",
+        "train.batch_size=8",
+        "train.lr=1e-3",
+        "train.max_steps=16",
+        "train.dev_every=8",
+        "train.checkpoint_every=2",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 @pytest.mark.slow
@@ -71,41 +106,79 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tiny_be
     assert b["best_dev_ndcg@10"] == a["best_dev_ndcg@10"] and b["best_step"] == a["best_step"]
     # the same run dir with another config is refused, not silently mixed
     with pytest.raises(InputError, match="checkpoint of another config"):
-        run_train(train_cfg(tiny_bert, "train.max_steps=20", "train.temperature=0.1", "data.num_records=200"),
-                  tmp_path / "killed")
+        run_train(
+            train_cfg(tiny_bert, "train.max_steps=20", "train.temperature=0.1", "data.num_records=200"),
+            tmp_path / "killed",
+        )
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["train.batch_size=1"], "in-batch negatives need at least 2"),
-    (["train.dev_fraction=1.5"], "train.dev_fraction=1.5"),
-    (["quant=uniform", "quant.bits=4"], "contrastive training fine-tunes fp32 weights"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["train.batch_size=1"], "in-batch negatives need at least 2"),
+        (["train.dev_fraction=1.5"], "train.dev_fraction=1.5"),
+        (["quant=uniform", "quant.bits=4"], "contrastive training fine-tunes fp32 weights"),
+    ],
+)
 def test_bad_training_input(tiny_bert, tmp_path, extra, message):
     with pytest.raises(InputError, match=message):
         run_train(train_cfg(tiny_bert, "train.max_steps=2", *extra), tmp_path)
 
 
 def test_train_cli_exports_an_hf_dir(tiny_bert, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"model.path={tiny_bert}", "logger=none",
-                           "data.num_records=200", "data.num_queries=40", "eval.k_values=[1,10,100]",
-                           "train.max_steps=3", "train.batch_size=4", "train.dev_every=3",
-                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"model.path={tiny_bert}",
+            "logger=none",
+            "data.num_records=200",
+            "data.num_queries=40",
+            "eval.k_values=[1,10,100]",
+            "train.max_steps=3",
+            "train.batch_size=4",
+            "train.dev_every=3",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "best_model" / "config.json").read_text())["model_type"] == "bert"
     assert json.loads((tmp_path / "train_results.json").read_text())["steps"] == 3
 
 
 def test_qat_trains_through_the_quantizer_and_exports_a_packed_model(tiny_bert, tmp_path):
-    res = run_train(train_cfg(tiny_bert, "train=qat", "quant=uniform", "quant.bits=3", "quant.group_size=16",
-                              "train.max_steps=8", "train.lr=1e-3"), tmp_path)
+    res = run_train(
+        train_cfg(
+            tiny_bert,
+            "train=qat",
+            "quant=uniform",
+            "quant.bits=3",
+            "quant.group_size=16",
+            "train.max_steps=8",
+            "train.lr=1e-3",
+        ),
+        tmp_path,
+    )
     best = Path(res["best_model"])
     manifest = json.loads((best / "medret_quant.json").read_text())
     assert manifest["quant"]["scheme"] == "uniform" and len(manifest["modules"]) == 12
     assert 3.0 < res["quant"]["effective_bits_per_param"] < 4.5
     assert (tmp_path / "best_latent" / "encoder0.pt").is_file()
-    ev = run_evaluate(compose_cfg("model=minilm", f"model.path={best}", "logger=none", "data.num_records=300",
-                                  "data.num_queries=40", "eval.k_values=[1,10,100]"), tmp_path / "eval")
+    ev = run_evaluate(
+        compose_cfg(
+            "model=minilm",
+            f"model.path={best}",
+            "logger=none",
+            "data.num_records=300",
+            "data.num_queries=40",
+            "eval.k_values=[1,10,100]",
+        ),
+        tmp_path / "eval",
+    )
     from medret.config import ModelConfig
     from medret.models import load_retriever
 
@@ -122,18 +195,48 @@ def test_positives_missing_from_the_corpus_and_no_pairs_are_errors(tiny_bert, tm
     queries = [{"_id": f"q{i}", "text": f"diabetes {i}"} for i in range(4)]
     write_beir(tmp_path / "b1", corpus, queries, [("q0", "d0", 1), ("q1", "gone", 1), ("q2", "d2", 1)])
     with pytest.raises(InputError, match="1 positives name records missing from the corpus"):
-        run_train(train_cfg(tiny_bert, "data=beir", f"data.path={tmp_path / 'b1'}", "data.split=test",
-                            "train.max_steps=2", "train.batch_size=2", "eval.k_values=[1,5]"), tmp_path / "r1")
+        run_train(
+            train_cfg(
+                tiny_bert,
+                "data=beir",
+                f"data.path={tmp_path / 'b1'}",
+                "data.split=test",
+                "train.max_steps=2",
+                "train.batch_size=2",
+                "eval.k_values=[1,5]",
+            ),
+            tmp_path / "r1",
+        )
     write_beir(tmp_path / "b2", corpus, queries, [("q0", "d0", 0)])
     with pytest.raises(InputError, match="no query has a relevant judged document"):
-        run_train(train_cfg(tiny_bert, "data=beir", f"data.path={tmp_path / 'b2'}", "data.split=test",
-                            "train.max_steps=2", "train.batch_size=2", "eval.k_values=[1,5]"), tmp_path / "r2")
+        run_train(
+            train_cfg(
+                tiny_bert,
+                "data=beir",
+                f"data.path={tmp_path / 'b2'}",
+                "data.split=test",
+                "train.max_steps=2",
+                "train.batch_size=2",
+                "eval.k_values=[1,5]",
+            ),
+            tmp_path / "r2",
+        )
 
 
 def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert, tmp_path):
     quant = ["quant=uniform", "quant.bits=2", "quant.group_size=16"]
-    res = run_train(train_cfg(tiny_bert, "train=qlora", *quant, "train.max_steps=12", "train.lr=3e-3",
-                              "train.lora_r=4", "train.dev_every=6"), tmp_path)
+    res = run_train(
+        train_cfg(
+            tiny_bert,
+            "train=qlora",
+            *quant,
+            "train.max_steps=12",
+            "train.lr=3e-3",
+            "train.lora_r=4",
+            "train.dev_every=6",
+        ),
+        tmp_path,
+    )
     adapter = Path(res["quant"]["adapter"])
     from safetensors.torch import load_file
 
@@ -148,8 +251,9 @@ def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert
 
     common = ["model=minilm", "logger=none", "data.num_records=300", "data.num_queries=40", "eval.k_values=[1,10,100]"]
     plain = run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", *quant), tmp_path / "plain")
-    attached = run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", *quant, f"model.adapter={adapter}"),
-                            tmp_path / "attached")
+    attached = run_evaluate(
+        compose_cfg(*common, f"model.path={tiny_bert}", *quant, f"model.adapter={adapter}"), tmp_path / "attached"
+    )
     merged = run_evaluate(compose_cfg(*common, f"model.path={res['best_model']}"), tmp_path / "merged")
     assert attached["quant"]["adapter"]["r"] == 4
     # quantized base + adapters computes what the merged fp32 model (dequantized W + B·A) computes
@@ -157,25 +261,44 @@ def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert
     # and the adapter changed the quantized model's ranking (a cached encoding was not reused)
     assert attached["fidelity"]["ranking"]["top10_overlap"] != plain["fidelity"]["ranking"]["top10_overlap"]
     with pytest.raises(InputError, match="trained over quant"):
-        run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", "quant=uniform", "quant.bits=3",
-                                 "quant.group_size=16", f"model.adapter={adapter}"), tmp_path / "wrong")
+        run_evaluate(
+            compose_cfg(
+                *common,
+                f"model.path={tiny_bert}",
+                "quant=uniform",
+                "quant.bits=3",
+                "quant.group_size=16",
+                f"model.adapter={adapter}",
+            ),
+            tmp_path / "wrong",
+        )
     with pytest.raises(InputError, match="QLoRA adapter sits on a quantized base"):
         run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", f"model.adapter={adapter}"), tmp_path / "w2")
 
 
 def test_qlora_over_bitsandbytes_nf4_resumes_identically(tiny_bert, tmp_path):
-    extra = ["train=qlora", "quant.blocksize=32", "train.lr=2e-3", "train.lora_r=4", "train.dev_every=4",
-             "train.checkpoint_every=2", "train.lora_dropout=0.1"]
-    straight = run_train(train_cfg(tiny_bert, *extra, "train.max_steps=6", "train.keep_checkpoints=3"),
-                         tmp_path / "straight")
+    extra = [
+        "train=qlora",
+        "quant.blocksize=32",
+        "train.lr=2e-3",
+        "train.lora_r=4",
+        "train.dev_every=4",
+        "train.checkpoint_every=2",
+        "train.lora_dropout=0.1",
+    ]
+    straight = run_train(
+        train_cfg(tiny_bert, *extra, "train.max_steps=6", "train.keep_checkpoints=3"), tmp_path / "straight"
+    )
     assert straight["config"]["quant"]["name"] == "bnb_nf4"  # train=qlora's default base
     # as if killed after the step-2 checkpoint: only that checkpoint is left
     shutil.copytree(tmp_path / "straight", tmp_path / "killed")
     for leftover in ("checkpoints/step-4", "checkpoints/step-6", "best_model", "best_adapter", "train_results.json"):
         shutil.rmtree(tmp_path / "killed" / leftover) if (tmp_path / "killed" / leftover).is_dir() else (
-            tmp_path / "killed" / leftover).unlink()
-    resumed = run_train(train_cfg(tiny_bert, *extra, "train.max_steps=6", "train.keep_checkpoints=3"),
-                        tmp_path / "killed")
+            tmp_path / "killed" / leftover
+        ).unlink()
+    resumed = run_train(
+        train_cfg(tiny_bert, *extra, "train.max_steps=6", "train.keep_checkpoints=3"), tmp_path / "killed"
+    )
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert (Path(straight["best_model"]) / "config.json").is_file()
     with pytest.raises(InputError, match="qlora trains adapters over a quantized base"):
@@ -197,8 +320,12 @@ def test_lora_over_a_quantized_base_fits_a_batch(tiny_bert, scheme):
 
     torch.manual_seed(0)
     r = load_retriever(OmegaConf.structured(ModelConfig(name="t", path=str(tiny_bert))))
-    quantize_retriever(r, OmegaConf.merge(OmegaConf.structured(QuantConfig),
-                                          {"name": scheme, "bits": 2, "group_size": 16, "blocksize": 32}))
+    quantize_retriever(
+        r,
+        OmegaConf.merge(
+            OmegaConf.structured(QuantConfig), {"name": scheme, "bits": 2, "group_size": 16, "blocksize": 32}
+        ),
+    )
     attach_lora(r.doc.model, lora_targets(r.doc.model), 8, 16, 0.0)
     params = [p for p in r.doc.model.parameters() if p.requires_grad]
     assert params and all("lora_" in n for n, p in r.doc.model.named_parameters() if p.requires_grad)

@@ -66,8 +66,9 @@ def _write_npy_atomic(path: Path, arr: np.ndarray) -> None:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise InputError(f"{path}: disk full while writing an embedding shard "
-                             "(free space or move cache.dir)") from None
+            raise InputError(
+                f"{path}: disk full while writing an embedding shard (free space or move cache.dir)"
+            ) from None
         raise
 
 
@@ -85,13 +86,20 @@ class ShardStore:
         self.meta, self.num_records, self.shard_size, self.dtype = meta, num_records, shard_size, dtype
         self.num_shards = max(1, -(-num_records // shard_size))
         with self._locked() as manifest:
-            if manifest and (manifest.get("meta") != meta or manifest.get("shard_size") != shard_size
-                             or manifest.get("num_records") != num_records or manifest.get("dtype") != dtype):
-                raise InputError(f"{self.dir / 'manifest.json'}: manifest was written for another config "
-                                 f"(delete the folder to re-encode)")
+            if manifest and (
+                manifest.get("meta") != meta
+                or manifest.get("shard_size") != shard_size
+                or manifest.get("num_records") != num_records
+                or manifest.get("dtype") != dtype
+            ):
+                raise InputError(
+                    f"{self.dir / 'manifest.json'}: manifest was written for another config "
+                    f"(delete the folder to re-encode)"
+                )
             if not manifest:
-                self._write_manifest({"meta": meta, "num_records": num_records, "shard_size": shard_size,
-                                      "dtype": dtype, "shards": {}})
+                self._write_manifest(
+                    {"meta": meta, "num_records": num_records, "shard_size": shard_size, "dtype": dtype, "shards": {}}
+                )
 
     @contextmanager
     def _locked(self):
@@ -143,8 +151,12 @@ class ShardStore:
         emb_p, own_p = self._paths(i)
         _write_npy_atomic(emb_p, emb.astype(self.dtype))
         _write_npy_atomic(own_p, owners.astype(np.int64))
-        entry = {"rows": int(len(emb)), "dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
-                 "emb_sha256": file_sha256(emb_p), "own_sha256": file_sha256(own_p)}
+        entry = {
+            "rows": int(len(emb)),
+            "dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
+            "emb_sha256": file_sha256(emb_p),
+            "own_sha256": file_sha256(own_p),
+        }
         with self._locked() as manifest:
             manifest["shards"][str(i)] = entry
             self._write_manifest(manifest)

@@ -68,8 +68,13 @@ def load_dataset(cfg: DataConfig) -> RetrievalDataset:
         root = Path(cfg.path)
         if not root.is_dir():
             raise InputError(f"{root}: not a directory (data.path must be a BEIR folder)")
-        ds = _load_files(cfg, find_file(root, "corpus"), find_file(root, "queries"),
-                         root / "qrels" / f"{cfg.split}.tsv", f"{root.name}-{cfg.split}")
+        ds = _load_files(
+            cfg,
+            find_file(root, "corpus"),
+            find_file(root, "queries"),
+            root / "qrels" / f"{cfg.split}.tsv",
+            f"{root.name}-{cfg.split}",
+        )
     elif cfg.name == "records":
         missing = [k for k in ("corpus_file", "queries_file", "qrels_file") if not getattr(cfg, k)]
         if missing:

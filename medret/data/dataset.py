@@ -68,10 +68,7 @@ def reconcile_qrels(
         if good:
             kept[qid] = good
     if unknown["queries"] or unknown["docs"]:
-        msg = (
-            f"{where}: qrels name {unknown['queries']} unknown query ids and "
-            f"{unknown['docs']} unknown doc ids"
-        )
+        msg = f"{where}: qrels name {unknown['queries']} unknown query ids and {unknown['docs']} unknown doc ids"
         if strict:
             raise InputError(msg + " (data.strict=true)")
         log.warning("%s; dropped (data.strict=true makes this an error)", msg)
@@ -80,11 +77,7 @@ def reconcile_qrels(
 
 def restrict_to_judged(ds: RetrievalDataset, max_queries: int | None) -> RetrievalDataset:
     """Keep queries that have at least one relevant doc, in file order, optionally the first N."""
-    pairs = [
-        (q, t)
-        for q, t in zip(ds.query_ids, ds.query_texts)
-        if any(g > 0 for g in ds.qrels.get(q, {}).values())
-    ]
+    pairs = [(q, t) for q, t in zip(ds.query_ids, ds.query_texts) if any(g > 0 for g in ds.qrels.get(q, {}).values())]
     if max_queries is not None:
         pairs = pairs[:max_queries]
     if not pairs:

@@ -89,9 +89,7 @@ def read_qrels(path: Path) -> Qrels:
             if len(cols) == 4:  # TREC: qid 0 docid rel
                 cols = [cols[0], cols[2], cols[3]]
             if len(cols) != 3:
-                raise InputError(
-                    f"{path}:{lineno}: expected 3 tab-separated columns query-id, corpus-id, score"
-                )
+                raise InputError(f"{path}:{lineno}: expected 3 tab-separated columns query-id, corpus-id, score")
             try:
                 grade = int(cols[2])
             except ValueError:

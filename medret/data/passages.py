@@ -27,9 +27,7 @@ def split_passages(texts: list[str], tokenizer, tokens: int, stride: int) -> Pas
     if tokens <= 0:
         return Passages(list(texts), np.arange(len(texts), dtype=np.int64))
     if not 0 <= stride < tokens:
-        raise InputError(
-            f"data.passage_stride={stride}: expected 0 <= stride < passage_tokens ({tokens})"
-        )
+        raise InputError(f"data.passage_stride={stride}: expected 0 <= stride < passage_tokens ({tokens})")
     step = tokens - stride
     out: list[str] = []
     owner: list[int] = []

@@ -93,29 +93,27 @@ def record_text(seed: int, i: int, f: RecordFacts) -> str:
     lines = [
         f"{f.age}-year-old {rng.choice(SEX_WORDS[f.sex])} seen in {rng.choice(CLINICS)} clinic.",
         f"Chief complaint: {rng.choice(prim.symptoms)}.",
-        f"HPI: known {form(f.primary)} for {rng.randint(1, 25)} years, "
-        f"currently {rng.choice(COURSE)}.",
+        f"HPI: known {form(f.primary)} for {rng.randint(1, 25)} years, currently {rng.choice(COURSE)}.",
     ]
     if f.secondary:
         lines.append("Past medical history: " + "; ".join(form(k) for k in f.secondary) + ".")
     else:
         lines.append("Past medical history: otherwise unremarkable.")
-    lines.append(
-        "Medications: " + "; ".join(_med_text(rng, _BY_KEY[k], g) for k, g in f.meds.items()) + "."
-    )
+    lines.append("Medications: " + "; ".join(_med_text(rng, _BY_KEY[k], g) for k, g in f.meds.items()) + ".")
     labs = list(f.labs.items())
     rng.shuffle(labs)
-    lines.append(
-        "Labs: " + ", ".join(f"{n} {_fmt(v)} {_LABS[n].lab.unit}".rstrip() for n, v in labs) + "."
-    )
+    lines.append("Labs: " + ", ".join(f"{n} {_fmt(v)} {_LABS[n].lab.unit}".rstrip() for n, v in labs) + ".")
     neg = []
     for k in f.negated:
         c = _BY_KEY[k]
-        neg.append(rng.choice((f"No history of {form(k)}", f"Denies {rng.choice(c.symptoms)}",
-                               f"Negative for {form(k)}")))
+        neg.append(
+            rng.choice((f"No history of {form(k)}", f"Denies {rng.choice(c.symptoms)}", f"Negative for {form(k)}"))
+        )
     lines.append(". ".join(neg) + ".")
-    lines.append(f"Assessment: {form(f.primary)}, {rng.choice(COURSE)}. Plan: continue current "
-                 f"regimen and follow up in {rng.choice((2, 4, 6, 12))} weeks.")
+    lines.append(
+        f"Assessment: {form(f.primary)}, {rng.choice(COURSE)}. Plan: continue current "
+        f"regimen and follow up in {rng.choice((2, 4, 6, 12))} weeks."
+    )
     return "\n".join(lines)
 
 
@@ -184,11 +182,11 @@ def make_queries(seed: int, num_records: int, num_queries: int, split: str) -> l
             text = f"{qf} with {c.lab.name} {c.lab.direction} {_fmt(thr)} {c.lab.unit}".rstrip()
             test = ("lab", c.lab.name, c.lab.direction, thr)
         else:
-            absent = [k for k in _BY_KEY if k != key and _BY_KEY[k].sex in (None, anchor.sex)
-                      and anchor.grade(k) == 0]
+            absent = [k for k in _BY_KEY if k != key and _BY_KEY[k].sex in (None, anchor.sex) and anchor.grade(k) == 0]
             other = rng.choice(absent)
-            text = rng.choice((f"{qf} without {rng.choice(_BY_KEY[other].forms)}",
-                               f"{qf} but no {rng.choice(_BY_KEY[other].forms)}"))
+            text = rng.choice(
+                (f"{qf} without {rng.choice(_BY_KEY[other].forms)}", f"{qf} but no {rng.choice(_BY_KEY[other].forms)}")
+            )
             test = ("not", other)
         out.append(SyntheticQuery(f"q{j:05d}", text, cat, key, test))
     return out

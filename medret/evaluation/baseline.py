@@ -19,8 +19,14 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_baseline(path: Path, query_ids: list[str], per_query: dict[str, np.ndarray], ranked: list[list[str]],
-                  query_emb: np.ndarray, doc_sample: np.ndarray) -> None:
+def save_baseline(
+    path: Path,
+    query_ids: list[str],
+    per_query: dict[str, np.ndarray],
+    ranked: list[list[str]],
+    query_emb: np.ndarray,
+    doc_sample: np.ndarray,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     depth = max((len(r) for r in ranked), default=0)
     ranked_arr = np.array([r + [""] * (depth - len(r)) for r in ranked], dtype=str)
@@ -28,9 +34,15 @@ def save_baseline(path: Path, query_ids: list[str], per_query: dict[str, np.ndar
     os.close(fd)
     try:
         with open(tmp, "wb") as fh:
-            np.savez(fh, query_ids=np.array(query_ids, dtype=str), ranked=ranked_arr, query_emb=query_emb,
-                     doc_sample=doc_sample, metric_names=np.array(list(per_query), dtype=str),
-                     metrics=np.stack([per_query[m] for m in per_query]))
+            np.savez(
+                fh,
+                query_ids=np.array(query_ids, dtype=str),
+                ranked=ranked_arr,
+                query_emb=query_emb,
+                doc_sample=doc_sample,
+                metric_names=np.array(list(per_query), dtype=str),
+                metrics=np.stack([per_query[m] for m in per_query]),
+            )
         os.replace(tmp, path)  # concurrent sweep jobs: last complete writer wins, readers never see half
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -44,8 +44,12 @@ class CorpusEmbeddings:
 
 def corpus_store(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> ShardStore | None:
     c = cfg.cache
-    meta = {**key_parts, "corpus": data.corpus_fingerprint, "encoder": vars(encoder.settings),
-            "passages": [cfg.data.passage_tokens, cfg.data.passage_stride]}
+    meta = {
+        **key_parts,
+        "corpus": data.corpus_fingerprint,
+        "encoder": vars(encoder.settings),
+        "passages": [cfg.data.passage_tokens, cfg.data.passage_stride],
+    }
     return ShardStore(root, cache_key(meta), meta, data.num_docs, c.shard_size, c.dtype) if c.enabled else None
 
 
@@ -55,8 +59,10 @@ def encode_one_shard(encoder, data: RetrievalDataset, cfg, root, key_parts: dict
     if store is None:
         raise InputError("cache.only_shard needs cache.enabled=true: the shard goes to the cache")
     if not 0 <= i < store.num_shards:
-        raise InputError(f"cache.only_shard={i}: the corpus has shards 0..{store.num_shards - 1} "
-                         f"({data.num_docs} records, cache.shard_size={cfg.cache.shard_size})")
+        raise InputError(
+            f"cache.only_shard={i}: the corpus has shards 0..{store.num_shards - 1} "
+            f"({data.num_docs} records, cache.shard_size={cfg.cache.shard_size})"
+        )
     if store.load(i) is not None:
         return {"shard": i, "shards": store.num_shards, "encoded": False, "dir": str(store.dir)}
     a, b = store.record_range(i)
@@ -64,8 +70,14 @@ def encode_one_shard(encoder, data: RetrievalDataset, cfg, root, key_parts: dict
     t0 = time.perf_counter()
     emb = encoder.encode(passages.texts, cfg.model.batch_size, desc=f"documents {i + 1}/{store.num_shards}")
     store.save(i, emb, passages.doc_index + a)
-    return {"shard": i, "shards": store.num_shards, "encoded": True, "vectors": len(emb),
-            "seconds": time.perf_counter() - t0, "dir": str(store.dir)}
+    return {
+        "shard": i,
+        "shards": store.num_shards,
+        "encoded": True,
+        "vectors": len(emb),
+        "seconds": time.perf_counter() - t0,
+        "dir": str(store.dir),
+    }
 
 
 def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> CorpusEmbeddings:
@@ -79,8 +91,9 @@ def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -
         a, b = i * c.shard_size, min((i + 1) * c.shard_size, data.num_docs)
         got = store.load(i) if store else None
         if got is None:
-            passages = split_passages(data.doc_texts[a:b], encoder.tokenizer, cfg.data.passage_tokens,
-                                      cfg.data.passage_stride)
+            passages = split_passages(
+                data.doc_texts[a:b], encoder.tokenizer, cfg.data.passage_tokens, cfg.data.passage_stride
+            )
             t0 = time.perf_counter()
             emb = encoder.encode(passages.texts, cfg.model.batch_size, desc=f"documents {i + 1}/{n_shards}")
             spent += time.perf_counter() - t0
@@ -103,8 +116,9 @@ def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -
     if store:
         log.info("corpus embeddings %s: %d shards encoded, %d from cache", store.dir, n_new, n_cached)
     dim = sample[0].shape[1] if sample else encoder.dim
-    return CorpusEmbeddings(store, np.concatenate(owners), dim, np.concatenate(sample), spent, encoded,
-                            n_new, n_cached, memory)
+    return CorpusEmbeddings(
+        store, np.concatenate(owners), dim, np.concatenate(sample), spent, encoded, n_new, n_cached, memory
+    )
 
 
 def encode_queries(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> tuple[np.ndarray, float, bool]:

@@ -42,9 +42,18 @@ def rank_biased_overlap(a: list[list[str]], b: list[list[str]], p: float = 0.9) 
     return out
 
 
-def compare(base: dict, new_per_query: dict[str, np.ndarray], new_ranked: list[list[str]],
-            new_query_emb: np.ndarray, new_doc_sample: np.ndarray, headline: tuple[str, ...],
-            gate_metric: str, gate_max_drop: float, n_resamples: int, seed: int) -> dict:
+def compare(
+    base: dict,
+    new_per_query: dict[str, np.ndarray],
+    new_ranked: list[list[str]],
+    new_query_emb: np.ndarray,
+    new_doc_sample: np.ndarray,
+    headline: tuple[str, ...],
+    gate_metric: str,
+    gate_max_drop: float,
+    n_resamples: int,
+    seed: int,
+) -> dict:
     q_cos = cosine_rows(base["query_emb"], new_query_emb)
     d_cos = cosine_rows(base["doc_sample"], new_doc_sample)
     both = np.concatenate([q_cos, d_cos])
@@ -57,12 +66,21 @@ def compare(base: dict, new_per_query: dict[str, np.ndarray], new_ranked: list[l
     gate = deltas[gate_metric]
     worst_drop = -gate["ci95"][0]  # upper CI bound of (fp32 - quantized)
     return {
-        "embedding_cosine": {"mean": float(both.mean()), "min": float(both.min()),
-                             "query_mean": float(q_cos.mean()), "doc_mean": float(d_cos.mean()),
-                             "docs_compared": int(len(d_cos))},
+        "embedding_cosine": {
+            "mean": float(both.mean()),
+            "min": float(both.min()),
+            "query_mean": float(q_cos.mean()),
+            "doc_mean": float(d_cos.mean()),
+            "docs_compared": int(len(d_cos)),
+        },
         "ranking": {"top10_overlap": float(overlap.mean()), "rbo_p0.9": float(rbo.mean())},
         "per_query": {"top10_overlap": overlap, "rbo": rbo},
         "deltas": deltas,
-        "verdict": {"metric": gate_metric, "max_drop": gate_max_drop, "drop": -gate["delta"],
-                    "drop_upper_ci95": worst_drop, "accept": bool(worst_drop <= gate_max_drop)},
+        "verdict": {
+            "metric": gate_metric,
+            "max_drop": gate_max_drop,
+            "drop": -gate["delta"],
+            "drop_upper_ci95": worst_drop,
+            "accept": bool(worst_drop <= gate_max_drop),
+        },
     }

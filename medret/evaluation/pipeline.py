@@ -43,9 +43,7 @@ def check_k_values(k_values: list[int], num_docs: int, where: str) -> list[int]:
     if not ks or ks[0] < 1:
         raise InputError(f"eval.k_values={list(k_values)}: expected positive integers")
     if ks[-1] > num_docs:
-        raise InputError(
-            f"eval.k_values: k={ks[-1]} is larger than the corpus of {where} ({num_docs} documents)"
-        )
+        raise InputError(f"eval.k_values: k={ks[-1]} is larger than the corpus of {where} ({num_docs} documents)")
     return ks
 
 
@@ -70,8 +68,7 @@ def fold_to_records(
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "medret": medret.__version__}
-    for pkg in ("torch", "transformers", "faiss-cpu", "faiss-gpu-cu12", "numpy", "bitsandbytes",
-                "hydra-core", "wandb"):
+    for pkg in ("torch", "transformers", "faiss-cpu", "faiss-gpu-cu12", "numpy", "bitsandbytes", "hydra-core", "wandb"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -82,10 +79,18 @@ def _versions() -> dict[str, str]:
 def _git_commit() -> dict[str, Any]:
     root = Path(medret.__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = (
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": sha, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -108,8 +113,10 @@ def _device_info(device: torch.device, placement: str) -> dict[str, Any]:
 def check_gate(metric: str, ks: list[int]) -> None:
     name, _, k = metric.partition("@")
     if name not in METRIC_NAMES or not k.isdigit() or int(k) not in ks:
-        raise InputError(f"eval.gate_metric={metric!r}: expected <metric>@<k> with metric in "
-                         f"{', '.join(METRIC_NAMES)} and k in eval.k_values {ks}")
+        raise InputError(
+            f"eval.gate_metric={metric!r}: expected <metric>@<k> with metric in "
+            f"{', '.join(METRIC_NAMES)} and k in eval.k_values {ks}"
+        )
 
 
 def load_checked_data(cfg: EvaluateConfig) -> tuple[RetrievalDataset, list[int]]:
@@ -148,8 +155,13 @@ def retrieve(retriever: Retriever, data: RetrievalDataset, cfg, depth: int, root
         t0 = time.perf_counter()
         index.search(query_emb[i : i + 1], k_search)
         lat.append(time.perf_counter() - t0)
-    info: dict[str, Any] = {"factory": cfg.index.factory, "placement": index.placement, "bytes": index.nbytes,
-                            "build_s": index.build_seconds, "vectors": n_vec}
+    info: dict[str, Any] = {
+        "factory": cfg.index.factory,
+        "placement": index.placement,
+        "bytes": index.nbytes,
+        "build_s": index.build_seconds,
+        "vectors": n_vec,
+    }
     if cfg.index.factory != "Flat":  # the index's own approximation error, against exact search
         exact = exact_topk(query_emb, corpus.iter_shards(), k_search)
         for k in sorted({min(10, k_search), k_search}):
@@ -193,8 +205,9 @@ def baseline_path(cfg, root: Path, identity: dict, retriever: Retriever, data: R
         "queries": data.queries_fingerprint(),
         "passages": [cfg.data.passage_tokens, cfg.data.passage_stride, cfg.eval.passage_fanout],
         "ks": ks,
-        "index": OmegaConf.to_container(OmegaConf.structured(cfg.index) if not isinstance(cfg.index, DictConfig)
-                                        else cfg.index, resolve=True),
+        "index": OmegaConf.to_container(
+            OmegaConf.structured(cfg.index) if not isinstance(cfg.index, DictConfig) else cfg.index, resolve=True
+        ),
     }
     return root / "baselines" / f"{cache_key(parts)}.npz"
 
@@ -212,8 +225,10 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     # Cheap checks first: bad data, k or quant options fail before any model is loaded.
     validate(cfg.quant, cfg.model.device)
     if cfg.model.adapter and cfg.quant.name in ("none", "fp16", "bf16"):
-        raise InputError(f"model.adapter={cfg.model.adapter}: a QLoRA adapter sits on a quantized base; set the "
-                         "quant it was trained over")
+        raise InputError(
+            f"model.adapter={cfg.model.adapter}: a QLoRA adapter sits on a quantized base; set the "
+            "quant it was trained over"
+        )
     data, ks = load_checked_data(cfg)
     depth = ks[-1]
     log.info("data %s: %d documents, %d judged queries", data.name, data.num_docs, len(data.query_ids))
@@ -231,8 +246,14 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         log.info("fp32 baseline not cached: computing it once (%s)", base_file)
         fp32 = retrieve(retriever, data, cfg, depth, root, {"weights": identity, "quant": {"name": "none"}})
         _, fp32_pq = score(fp32, data, ks)
-        bl.save_baseline(base_file, data.query_ids, fp32_pq, [[d for d, _ in h] for h in fp32.ranked],
-                         fp32.query_emb, fp32.corpus.sample)
+        bl.save_baseline(
+            base_file,
+            data.query_ids,
+            fp32_pq,
+            [[d for d, _ in h] for h in fp32.ranked],
+            fp32.query_emb,
+            fp32.corpus.sample,
+        )
         base = bl.load_baseline(base_file, data.query_ids)
 
     calibration = None
@@ -247,15 +268,25 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
 
         encoders = [retriever.doc] if retriever.query.model is retriever.doc.model else [retriever.doc, retriever.query]
         meta = load_adapters([e.model for e in encoders], Path(cfg.model.adapter), quant_identity(cfg))
-        quant_info["adapter"] = {"path": cfg.model.adapter, "r": meta["r"], "step": meta.get("step"),
-                                 "digest": meta["digest"]}
+        quant_info["adapter"] = {
+            "path": cfg.model.adapter,
+            "r": meta["r"],
+            "step": meta.get("step"),
+            "digest": meta["digest"],
+        }
         qkey = {**qkey, "adapter": meta["digest"]}
     if cfg.cache.only_shard is not None:  # an encode-only array task: fill one shard and stop
-        done = encode_one_shard(retriever.doc, data, cfg, root, {"weights": identity, "quant": qkey, "side": "doc"},
-                                cfg.cache.only_shard)
+        done = encode_one_shard(
+            retriever.doc, data, cfg, root, {"weights": identity, "quant": qkey, "side": "doc"}, cfg.cache.only_shard
+        )
         write_json(run_dir / f"shard-{cfg.cache.only_shard}.json", done)
-        log.info("shard %d/%d %s -> %s", done["shard"] + 1, done["shards"],
-                 "encoded" if done["encoded"] else "already cached", done["dir"])
+        log.info(
+            "shard %d/%d %s -> %s",
+            done["shard"] + 1,
+            done["shards"],
+            "encoded" if done["encoded"] else "already cached",
+            done["dir"],
+        )
         return {"shard": done}
     out = retrieve(retriever, data, cfg, depth, root, {"weights": identity, "quant": qkey})
     qids, per_query = score(out, data, ks)
@@ -269,16 +300,28 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     fidelity = None
     if base is not None and cfg.quant.name != "none":
         heads = tuple(dict.fromkeys([*(m for m in HEADLINE if m in per_query), cfg.eval.gate_metric]))
-        fidelity = compare(base, per_query, ranked_ids, out.query_emb, out.corpus.sample, heads,
-                           cfg.eval.gate_metric, cfg.eval.gate_max_drop, n_boot, cfg.seed)
+        fidelity = compare(
+            base,
+            per_query,
+            ranked_ids,
+            out.query_emb,
+            out.corpus.sample,
+            heads,
+            cfg.eval.gate_metric,
+            cfg.eval.gate_max_drop,
+            n_boot,
+            cfg.seed,
+        )
 
     by_category: dict[str, dict[str, float]] = {}
     if data.query_categories:
         cats = np.array([data.query_categories.get(q, "") for q in qids])
         for c in sorted(set(cats)):
             mask = cats == c
-            entry = {"num_queries": int(mask.sum()),
-                     **{m: float(per_query[m][mask].mean()) for m in HEADLINE if m in per_query}}
+            entry = {
+                "num_queries": int(mask.sum()),
+                **{m: float(per_query[m][mask].mean()) for m in HEADLINE if m in per_query},
+            }
             if fidelity is not None:
                 for m in HEADLINE:
                     if m in per_query:
@@ -293,14 +336,21 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         "index_bytes": out.index["bytes"],
         "embedding_dim": int(out.corpus.dim),
     }
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg,
-                                      resolve=True)
+    resolved = OmegaConf.to_container(
+        OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg, resolve=True
+    )
     results: dict[str, Any] = {
         "medret_version": medret.__version__,
         "config": resolved,
-        "data": {"name": data.name, "num_docs": data.num_docs, "num_passages": out.corpus.num_vectors,
-                 "num_queries": len(qids), "num_qrels": sum(len(v) for v in data.qrels.values()),
-                 "unknown_qrels": data.unknown_qrels, "sources": data.sources},
+        "data": {
+            "name": data.name,
+            "num_docs": data.num_docs,
+            "num_passages": out.corpus.num_vectors,
+            "num_queries": len(qids),
+            "num_qrels": sum(len(v) for v in data.qrels.values()),
+            "unknown_qrels": data.unknown_qrels,
+            "sources": data.sources,
+        },
         "metrics": metrics,
         "metrics_ci95": ci,
         "by_category": by_category,
@@ -329,8 +379,9 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         if fidelity is not None:
             row["top10_overlap_fp32"] = float(fidelity["per_query"]["top10_overlap"][i])
             row["rbo_fp32"] = float(fidelity["per_query"]["rbo"][i])
-            row.update({f"delta_{m}": float(per_query[m][i] - base["per_query"][m][i]) for m in HEADLINE
-                        if m in per_query})
+            row.update(
+                {f"delta_{m}": float(per_query[m][i] - base["per_query"][m][i]) for m in HEADLINE if m in per_query}
+            )
         rows.append(row)
     texts = dict(zip(data.query_ids, data.query_texts))
     # query text reaches per_query.jsonl only with write_text, and W&B only with logger.log_text
@@ -344,8 +395,11 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     write_trec_run(run_dir / "run.trec", dict(zip(qids, out.ranked)), tag=f"medret-{cfg.model.name}-{cfg.quant.name}")
     write_jsonl(run_dir / "per_query.jsonl", file_rows)
     write_json(run_dir / "results.json", results)
-    summary: dict[str, Any] = {**metrics, **{f"throughput/{k}": v for k, v in throughput.items() if v is not None},
-                               **{f"size/{k}": v for k, v in sizes.items()}}
+    summary: dict[str, Any] = {
+        **metrics,
+        **{f"throughput/{k}": v for k, v in throughput.items() if v is not None},
+        **{f"size/{k}": v for k, v in sizes.items()},
+    }
     summary.update({f"index/{k}": v for k, v in out.index.items() if isinstance(v, (int, float))})
     summary.update({f"ci95_low/{m}": v[0] for m, v in ci.items()})
     summary.update({f"ci95_high/{m}": v[1] for m, v in ci.items()})
@@ -369,9 +423,13 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     tracker.log_per_query(rows, texts if cfg.logger.log_text else None)
     tracker.log_table("quant_layers", quant_info.get("layers", []))
     tracker.finish()
-    log.info("nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries)%s -> %s", metrics.get("ndcg@10", float("nan")),
-             f"{metrics['recall@100']:.4f}" if "recall@100" in metrics else "-",
-             metrics.get("precision@10", float("nan")), len(qids),
-             "" if fidelity is None else f"  verdict {'ACCEPT' if fidelity['verdict']['accept'] else 'REJECT'}",
-             run_dir / "results.json")
+    log.info(
+        "nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries)%s -> %s",
+        metrics.get("ndcg@10", float("nan")),
+        f"{metrics['recall@100']:.4f}" if "recall@100" in metrics else "-",
+        metrics.get("precision@10", float("nan")),
+        len(qids),
+        "" if fidelity is None else f"  verdict {'ACCEPT' if fidelity['verdict']['accept'] else 'REJECT'}",
+        run_dir / "results.json",
+    )
     return results

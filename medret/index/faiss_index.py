@@ -59,8 +59,9 @@ def choose_placement(cfg: IndexConfig) -> str:
 
 def check_gpu_limits(cfg: IndexConfig, k: int, placement: str) -> None:
     if placement in ("cuda", "torch") and k > GPU_MAX_K:
-        raise InputError(f"search k={k}: FAISS GPU supports k <= {GPU_MAX_K} "
-                         "(lower eval.k_values or use index.device=cpu)")
+        raise InputError(
+            f"search k={k}: FAISS GPU supports k <= {GPU_MAX_K} (lower eval.k_values or use index.device=cpu)"
+        )
     if placement == "cuda" and "IVF" in cfg.factory and cfg.nprobe > GPU_MAX_K:
         raise InputError(f"index.nprobe={cfg.nprobe}: FAISS GPU supports nprobe <= {GPU_MAX_K}")
 
@@ -140,8 +141,9 @@ def build_index(shards: Iterable[np.ndarray] | np.ndarray, cfg: IndexConfig, dim
             sample, consumed = _training_sample(it, cfg.train_size)
             nlist = cfg.nlist if "IVF" in factory else 0
             if len(sample) < max(nlist, 1):
-                raise InputError(f"index.nlist={cfg.nlist}: needs at least that many training vectors, "
-                                 f"got {len(sample)}")
+                raise InputError(
+                    f"index.nlist={cfg.nlist}: needs at least that many training vectors, got {len(sample)}"
+                )
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
             it = _chain(consumed, it)
         if placement == "cuda":
@@ -151,8 +153,15 @@ def build_index(shards: Iterable[np.ndarray] | np.ndarray, cfg: IndexConfig, dim
         index.add(np.ascontiguousarray(sh, dtype=np.float32))
     build_s = time.perf_counter() - t0
     nbytes = _index_bytes(index, placement)
-    log.info("index %s (%s) on %s: %d vectors, %.1f MB, built in %.2fs",
-             cfg.name, cfg.factory, placement, index.ntotal, nbytes / 1e6, build_s)
+    log.info(
+        "index %s (%s) on %s: %d vectors, %.1f MB, built in %.2fs",
+        cfg.name,
+        cfg.factory,
+        placement,
+        index.ntotal,
+        nbytes / 1e6,
+        build_s,
+    )
     return SearchIndex(index, placement, cfg.factory, build_s, nbytes, res)
 
 

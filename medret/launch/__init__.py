@@ -33,7 +33,9 @@ class SlurmReachable(Callback):
             return
         problem = slurm_problem()
         if problem:
-            print(f"error: hydra/launcher=slurm: no SLURM controller reachable ({problem}); "
-                  "start one (slurm/local-cluster.sh start) or drop hydra/launcher=slurm to run locally",
-                  file=sys.stderr)
+            print(
+                f"error: hydra/launcher=slurm: no SLURM controller reachable ({problem}); "
+                "start one (slurm/local-cluster.sh start) or drop hydra/launcher=slurm to run locally",
+                file=sys.stderr,
+            )
             sys.exit(2)

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(q: torch.Tensor, docs: torch.Tensor, temperature: float, false_negatives: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor, docs: torch.Tensor, temperature: float, false_negatives: torch.Tensor | None = None
+) -> torch.Tensor:
     """q [B, d], docs [B + extra, d] whose first B rows are the positives of q in order.
 
     ``false_negatives`` [B, B + extra] marks docs that are also relevant to a query (another pair of

@@ -84,7 +84,12 @@ def bootstrap_ci(
         m = float(values.mean()) if len(values) else 0.0
         return m, m
     res = stats.bootstrap(
-        (values,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-        method="percentile", vectorized=True, random_state=np.random.default_rng(seed),
+        (values,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -124,9 +124,7 @@ class TextEncoder:
         if not texts:
             return out
         prefix = self.settings.prefix
-        enc = self.tokenizer(
-            [prefix + t for t in texts], truncation=True, max_length=self.settings.max_length
-        )
+        enc = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.settings.max_length)
         lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
         ctx = (
@@ -188,7 +186,5 @@ def load_retriever(cfg: ModelConfig) -> Retriever:
     q_len = cfg.query_max_length or cfg.max_length
     query = TextEncoder(q_path, _settings(q_path, cfg, q_len, cfg.query_prefix), cfg, device)
     if query.dim != doc.dim:
-        raise InputError(
-            f"model.query_path: query encoder dim {query.dim} != document encoder dim {doc.dim}"
-        )
+        raise InputError(f"model.query_path: query encoder dim {query.dim} != document encoder dim {doc.dim}")
     return Retriever(query, doc)

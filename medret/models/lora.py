@@ -72,8 +72,10 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
     res = set_peft_model_state_dict(model, state, adapter_name=ADAPTER)
     missing = [k for k in res.missing_keys if "lora_" in k]
     if missing or res.unexpected_keys:
-        raise InputError(f"adapter does not fit this model: {len(missing)} LoRA tensors missing, "
-                         f"{len(res.unexpected_keys)} unexpected (e.g. {(missing + res.unexpected_keys)[0]})")
+        raise InputError(
+            f"adapter does not fit this model: {len(missing)} LoRA tensors missing, "
+            f"{len(res.unexpected_keys)} unexpected (e.g. {(missing + res.unexpected_keys)[0]})"
+        )
 
 
 def quant_digest(quant: dict) -> str:
@@ -102,11 +104,14 @@ def load_adapters(models: list[nn.Module], folder: Path, quant: dict) -> dict:
         raise InputError(f"model.adapter={folder}: no {ADAPTER_META} (expected a train=qlora best_adapter dir)")
     meta = json.loads(meta_file.read_text())
     if meta["quant_digest"] != quant_digest(quant):
-        raise InputError(f"model.adapter={folder}: trained over quant {meta['quant']}, but this run quantizes "
-                         f"with {quant}; set the same quant")
+        raise InputError(
+            f"model.adapter={folder}: trained over quant {meta['quant']}, but this run quantizes "
+            f"with {quant}; set the same quant"
+        )
     if len(meta["targets"]) != len(models):
-        raise InputError(f"model.adapter={folder}: adapters for {len(meta['targets'])} encoders, this model has "
-                         f"{len(models)}")
+        raise InputError(
+            f"model.adapter={folder}: adapters for {len(meta['targets'])} encoders, this model has {len(models)}"
+        )
     digest = hashlib.sha256()
     for i, m in enumerate(models):
         file = Path(folder) / f"adapter{i}.safetensors"

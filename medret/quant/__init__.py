@@ -35,16 +35,22 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     elif cfg.name != "none":
         if calibration and len(calibration) > cfg.calibration_texts:
             calibration = random.Random(0).sample(calibration, cfg.calibration_texts)
-        reports = [quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
-                   for e in encoders]
+        reports = [
+            quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
+            for e in encoders
+        ]
         params = sum(r["quantized_params"] for r in reports)
-        info.update({
-            "layers": [dict(layer, encoder=i) for i, r in enumerate(reports) for layer in r["layers"]],
-            "quantized_params": params,
-            "effective_bits_per_param": sum(r["effective_bits_per_param"] * r["quantized_params"]
-                                            for r in reports) / params if params else None,
-            "bnb_4bit_compute_dtype_ran": reports[0]["bnb_4bit_compute_dtype_ran"],
-        })
+        info.update(
+            {
+                "layers": [dict(layer, encoder=i) for i, r in enumerate(reports) for layer in r["layers"]],
+                "quantized_params": params,
+                "effective_bits_per_param": sum(r["effective_bits_per_param"] * r["quantized_params"] for r in reports)
+                / params
+                if params
+                else None,
+                "bnb_4bit_compute_dtype_ran": reports[0]["bnb_4bit_compute_dtype_ran"],
+            }
+        )
         if cfg.name.startswith("bnb_4") or cfg.name in ("bnb_nf4", "bnb_fp4"):
             info["bnb_4bit_compute_dtype_requested"] = cfg.compute_dtype
     else:

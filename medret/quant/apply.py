@@ -47,13 +47,17 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
         if not 0.0 <= cfg.outlier_fraction < 0.5:
             raise InputError(f"quant.outlier_fraction={cfg.outlier_fraction}: expected 0 <= fraction < 0.5")
         if cfg.name == "outliers" and (cfg.base not in CUSTOM or cfg.base in ("outliers",)):
-            raise InputError(f"quant.base={cfg.base!r}: outliers needs a custom base scheme "
-                             f"({', '.join(c for c in CUSTOM if c != 'outliers')})")
+            raise InputError(
+                f"quant.base={cfg.base!r}: outliers needs a custom base scheme "
+                f"({', '.join(c for c in CUSTOM if c != 'outliers')})"
+            )
     if cfg.name in BNB_SCHEMES:
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
         if dev not in BNB_DEVICES:
-            raise InputError(f"quant.name={cfg.name}: bitsandbytes cannot run on device {dev!r} "
-                             f"(supported: {', '.join(BNB_DEVICES)})")
+            raise InputError(
+                f"quant.name={cfg.name}: bitsandbytes cannot run on device {dev!r} "
+                f"(supported: {', '.join(BNB_DEVICES)})"
+            )
         if cfg.compute_dtype not in ("float32", "float16", "bfloat16"):
             raise InputError(f"quant.compute_dtype={cfg.compute_dtype!r}: expected float32, float16 or bfloat16")
     if cfg.save_dir and cfg.name not in (*CUSTOM,):
@@ -68,10 +72,15 @@ def select_linears(model: nn.Module, cfg: QuantConfig) -> list[str]:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     for pattern in [*cfg.include, *cfg.overrides]:
         if not fnmatch.filter(names, pattern):
-            raise InputError(f"quant pattern {pattern!r} matches no nn.Linear module "
-                             f"(modules look like {names[0] if names else 'none'!r})")
-    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in cfg.include)
-            and not any(fnmatch.fnmatch(n, p) for p in cfg.exclude)]
+            raise InputError(
+                f"quant pattern {pattern!r} matches no nn.Linear module "
+                f"(modules look like {names[0] if names else 'none'!r})"
+            )
+    return [
+        n
+        for n in names
+        if any(fnmatch.fnmatch(n, p) for p in cfg.include) and not any(fnmatch.fnmatch(n, p) for p in cfg.exclude)
+    ]
 
 
 def spec_for(name: str, cfg: QuantConfig) -> QuantConfig:
@@ -88,13 +97,15 @@ def group_size_for(weight: torch.Tensor, spec: QuantConfig, name: str) -> int:
     if spec.granularity == "channel":
         return weight.shape[1]
     if weight.shape[1] % spec.group_size:
-        raise InputError(f"quant.group_size={spec.group_size} does not divide layer {name} "
-                         f"(in_features={weight.shape[1]})")
+        raise InputError(
+            f"quant.group_size={spec.group_size} does not divide layer {name} (in_features={weight.shape[1]})"
+        )
     return spec.group_size
 
 
-def quantize_weight(weight: torch.Tensor, spec: QuantConfig, group_size: int,
-                    importance: torch.Tensor | None = None) -> QuantState:
+def quantize_weight(
+    weight: torch.Tensor, spec: QuantConfig, group_size: int, importance: torch.Tensor | None = None
+) -> QuantState:
     """The custom schemes: one pure function per scheme, plus the optional dense-and-sparse split."""
     scheme = spec.base if spec.name == "outliers" else spec.name
     dense, idx, val = outliers.split(weight.float(), spec.outlier_fraction)
@@ -120,8 +131,9 @@ def error_stats(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
     return {"mse": err / w.numel(), "sqnr_db": 10 * math.log10(sig / err) if err > 0 else float("inf")}
 
 
-def quantize_model(model: nn.Module, tokenizer, cfg: QuantConfig, calibration: list[str] | None,
-                   pooling: str, max_length: int) -> dict[str, Any]:
+def quantize_model(
+    model: nn.Module, tokenizer, cfg: QuantConfig, calibration: list[str] | None, pooling: str, max_length: int
+) -> dict[str, Any]:
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
     names = select_linears(model, cfg)
@@ -144,26 +156,43 @@ def quantize_model(model: nn.Module, tokenizer, cfg: QuantConfig, calibration: l
             new = replace_linear(lin, spec.name, spec, device)
             if spec.name != "bnb_int8" and compute_dtype is None:
                 compute_dtype = probe_compute_dtype(new, w)
-            nbits = sum(t.numel() * t.element_size() * 8 for t in new.state_dict().values()
-                        if isinstance(t, torch.Tensor)) - (0 if lin.bias is None else lin.bias.numel() * 32)
-            layers.append({"name": name, "scheme": spec.name, "bits": 8 if spec.name == "bnb_int8" else 4,
-                           "effective_bits": nbits / w.numel(), "params": w.numel(),
-                           **error_stats(w.cpu(), dequantized_weight(new))})
+            nbits = sum(
+                t.numel() * t.element_size() * 8 for t in new.state_dict().values() if isinstance(t, torch.Tensor)
+            ) - (0 if lin.bias is None else lin.bias.numel() * 32)
+            layers.append(
+                {
+                    "name": name,
+                    "scheme": spec.name,
+                    "bits": 8 if spec.name == "bnb_int8" else 4,
+                    "effective_bits": nbits / w.numel(),
+                    "params": w.numel(),
+                    **error_stats(w.cpu(), dequantized_weight(new)),
+                }
+            )
         else:
             gs = group_size_for(w, spec, name)
             state = quantize_weight(w.cpu(), spec, gs, importance.get(name, None) if importance else None)
             w_hat = dequantize(state)
             new = QuantLinear.from_state(state, lin.bias).to(device)
-            layers.append({"name": name, "scheme": spec.name, "bits": spec.bits, "group_size": gs,
-                           "effective_bits": state.effective_bits(), "params": w.numel(),
-                           **error_stats(w.cpu(), w_hat)})
+            layers.append(
+                {
+                    "name": name,
+                    "scheme": spec.name,
+                    "bits": spec.bits,
+                    "group_size": gs,
+                    "effective_bits": state.effective_bits(),
+                    "params": w.numel(),
+                    **error_stats(w.cpu(), w_hat),
+                }
+            )
         setattr(parent, attr, new)
     total_params = sum(x["params"] for x in layers)
     return {
         "layers": layers,
         "quantized_params": total_params,
-        "effective_bits_per_param": (sum(x["effective_bits"] * x["params"] for x in layers) / total_params
-                                     if total_params else None),
+        "effective_bits_per_param": (
+            sum(x["effective_bits"] * x["params"] for x in layers) / total_params if total_params else None
+        ),
         "bnb_4bit_compute_dtype_ran": compute_dtype,
     }
 

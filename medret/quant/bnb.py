@@ -17,16 +17,23 @@ def replace_linear(lin: nn.Linear, scheme: str, cfg, device: torch.device) -> nn
     has_bias = lin.bias is not None
     w = lin.weight.data.detach().to("cpu", torch.float32)
     if scheme == "bnb_int8":
-        mod = bnb.nn.Linear8bitLt(lin.in_features, lin.out_features, bias=has_bias, has_fp16_weights=False,
-                                  threshold=cfg.threshold)
+        mod = bnb.nn.Linear8bitLt(
+            lin.in_features, lin.out_features, bias=has_bias, has_fp16_weights=False, threshold=cfg.threshold
+        )
         mod.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
     else:
         quant_type = scheme.removeprefix("bnb_")
-        mod = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=has_bias,
-                                compute_dtype=getattr(torch, cfg.compute_dtype), quant_type=quant_type,
-                                compress_statistics=cfg.double_quant)
-        mod.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=quant_type, blocksize=cfg.blocksize,
-                                       compress_statistics=cfg.double_quant)
+        mod = bnb.nn.Linear4bit(
+            lin.in_features,
+            lin.out_features,
+            bias=has_bias,
+            compute_dtype=getattr(torch, cfg.compute_dtype),
+            quant_type=quant_type,
+            compress_statistics=cfg.double_quant,
+        )
+        mod.weight = bnb.nn.Params4bit(
+            w, requires_grad=False, quant_type=quant_type, blocksize=cfg.blocksize, compress_statistics=cfg.double_quant
+        )
     if has_bias:
         mod.bias = nn.Parameter(lin.bias.data.detach().float().clone(), requires_grad=False)
     return mod.to(device)  # the move to a device is what quantizes the weight in bitsandbytes
@@ -41,8 +48,11 @@ def probe_compute_dtype(mod: nn.Module, w: torch.Tensor) -> str:
     with torch.inference_mode():
         out = mod(x.to(torch.float32)).float()
         deq = bf.dequantize_4bit(mod.weight.data, mod.weight.quant_state).float()
-        ref = {"float32": x @ deq.T, "bfloat16": (x.bfloat16() @ deq.bfloat16().T).float(),
-               "float16": (x.half() @ deq.half().T).float() if dev.type == "cuda" else None}
+        ref = {
+            "float32": x @ deq.T,
+            "bfloat16": (x.bfloat16() @ deq.bfloat16().T).float(),
+            "float16": (x.half() @ deq.half().T).float() if dev.type == "cuda" else None,
+        }
         if mod.bias is not None:
             ref = {k: None if v is None else v + mod.bias.float() for k, v in ref.items()}
     err = {k: (out - v).abs().max().item() for k, v in ref.items() if v is not None}

@@ -21,8 +21,16 @@ def _crops(texts: list[str]) -> tuple[list[str], list[str]]:
     return a, b
 
 
-def squared_gradients(model: nn.Module, tokenizer, texts: list[str], names: list[str], pooling: str,
-                      max_length: int, batch_size: int = 16, temperature: float = 0.05) -> dict[str, torch.Tensor]:
+def squared_gradients(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    names: list[str],
+    pooling: str,
+    max_length: int,
+    batch_size: int = 16,
+    temperature: float = 0.05,
+) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     params = {n: modules[n].weight for n in names}
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}

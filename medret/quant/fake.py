@@ -35,8 +35,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def attach_fake_quant(model: nn.Module, cfg) -> int:
     cfg = as_config(cfg)
     if cfg.name not in CUSTOM or cfg.name == "fisher_kmeans" or cfg.base == "fisher_kmeans":
-        raise InputError(f"train=qat with quant={cfg.name}: QAT supports the custom schemes "
-                         f"({', '.join(c for c in CUSTOM if c != 'fisher_kmeans')})")
+        raise InputError(
+            f"train=qat with quant={cfg.name}: QAT supports the custom schemes "
+            f"({', '.join(c for c in CUSTOM if c != 'fisher_kmeans')})"
+        )
     n = 0
     for name in select_linears(model, cfg):
         spec = spec_for(name, cfg)

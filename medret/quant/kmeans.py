@@ -32,8 +32,9 @@ def fit_codebooks(g: torch.Tensor, k: int, importance: torch.Tensor | None, iter
     return cent
 
 
-def quantize(weight: torch.Tensor, bits: int, group_size: int, importance: torch.Tensor | None = None,
-             iters: int = 25) -> QuantState:
+def quantize(
+    weight: torch.Tensor, bits: int, group_size: int, importance: torch.Tensor | None = None, iters: int = 25
+) -> QuantState:
     g = groups_of(weight.float(), group_size)
     imp = None if importance is None else groups_of(importance.float(), group_size)
     cent = fit_codebooks(g, 2**bits, imp, iters).to(torch.float16).float()

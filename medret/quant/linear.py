@@ -34,8 +34,12 @@ class QuantLinear(nn.Module):
             setattr(self, name, torch.empty(shape, dtype=getattr(torch, dtypes[name])))
 
     def state(self) -> QuantState:
-        return QuantState((self.out_features, self.in_features), self.bits, self.group_size,
-                          **{n: getattr(self, n) for n in QuantState.TENSORS})
+        return QuantState(
+            (self.out_features, self.in_features),
+            self.bits,
+            self.group_size,
+            **{n: getattr(self, n) for n in QuantState.TENSORS},
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = dequantize(self.state(), x.dtype if x.is_floating_point() else torch.float32)

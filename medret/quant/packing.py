@@ -23,8 +23,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 # byte value -> its 8 bits, so unpacking is one table lookup per plane (about 3x faster than shifting)
-_BYTE_BITS = ((torch.arange(256, dtype=torch.int32)[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).to(
-    torch.uint8)
+_BYTE_BITS = ((torch.arange(256, dtype=torch.int32)[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).to(torch.uint8)
 
 
 def unpack_codes(planes: torch.Tensor, bits: int, n: int) -> torch.Tensor:

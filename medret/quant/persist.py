@@ -35,9 +35,15 @@ def _save_encoder(encoder, out: Path, quant_info: dict) -> None:
         if isinstance(mod, QuantLinear):
             present = {n: list(getattr(mod, n).shape) for n in QuantState.TENSORS if getattr(mod, n) is not None}
             dtypes = {n: str(getattr(mod, n).dtype).removeprefix("torch.") for n in present}
-            modules[name] = {"in": mod.in_features, "out": mod.out_features, "bits": mod.bits,
-                             "group_size": mod.group_size, "bias": mod.bias is not None,
-                             "tensors": present, "dtypes": dtypes}
+            modules[name] = {
+                "in": mod.in_features,
+                "out": mod.out_features,
+                "bits": mod.bits,
+                "group_size": mod.group_size,
+                "bias": mod.bias is not None,
+                "tensors": present,
+                "dtypes": dtypes,
+            }
         elif type(mod).__module__.startswith("bitsandbytes"):
             raise InputError("quant.save_dir: bitsandbytes models are not saved by medret (only custom schemes)")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))

@@ -60,11 +60,19 @@ def nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(mid.contiguous(), x.contiguous())
 
 
-def make_state(weight: torch.Tensor, bits: int, group_size: int, codes: torch.Tensor, codebook: torch.Tensor,
-               scale: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> QuantState:
+def make_state(
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int,
+    codes: torch.Tensor,
+    codebook: torch.Tensor,
+    scale: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+) -> QuantState:
     half = lambda t: None if t is None else t.to(torch.float16).contiguous()  # noqa: E731
-    return QuantState(tuple(weight.shape), bits, group_size, pack_codes(codes, bits), half(codebook),
-                      half(scale), half(offset))
+    return QuantState(
+        tuple(weight.shape), bits, group_size, pack_codes(codes, bits), half(codebook), half(scale), half(offset)
+    )
 
 
 def dequantize(state: QuantState, dtype: torch.dtype = torch.float32) -> torch.Tensor:

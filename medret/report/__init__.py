@@ -15,8 +15,24 @@ from pathlib import Path
 from medret.errors import InputError
 from medret.evaluation.outputs import write_atomic
 
-COLUMNS = ["run", "model", "scheme", "bits", "eff_bits", "model_MB", "index", "ndcg@10", "recall@100",
-           "precision@10", "f1@10", "delta_ndcg@10", "ci95", "verdict", "encode_docs_per_s", "qps"]
+COLUMNS = [
+    "run",
+    "model",
+    "scheme",
+    "bits",
+    "eff_bits",
+    "model_MB",
+    "index",
+    "ndcg@10",
+    "recall@100",
+    "precision@10",
+    "f1@10",
+    "delta_ndcg@10",
+    "ci95",
+    "verdict",
+    "encode_docs_per_s",
+    "qps",
+]
 
 
 @dataclass
@@ -42,8 +58,11 @@ def row_of(res: dict, name: str) -> dict:
     cfg, q, m = res["config"], res.get("quant", {}), res["metrics"]
     d, v = res.get("deltas", {}).get("ndcg@10"), res.get("verdict")
     return {
-        "run": name, "model": cfg["model"]["name"], "scheme": q.get("scheme", cfg["quant"]["name"]),
-        "bits": cfg["quant"].get("bits") or "", "eff_bits": _fmt(q.get("effective_bits_per_param"), 3),
+        "run": name,
+        "model": cfg["model"]["name"],
+        "scheme": q.get("scheme", cfg["quant"]["name"]),
+        "bits": cfg["quant"].get("bits") or "",
+        "eff_bits": _fmt(q.get("effective_bits_per_param"), 3),
         "model_MB": round(q.get("model_bytes", res["sizes"]["model_param_bytes"]) / 1e6, 1),
         "index": cfg["index"]["name"],
         **{k: _fmt(m.get(k)) for k in ("ndcg@10", "recall@100", "precision@10", "f1@10")},
@@ -87,6 +106,7 @@ def collect(folders: list[Path]) -> Report:
 
 def results_from_wandb(config: dict, summary: dict) -> dict:
     """A W&B run's config and summary, shaped like results.json (what medret logs as summary)."""
+
     def pair(prefix_lo: str, prefix_hi: str, m: str) -> list[float] | None:
         lo, hi = summary.get(f"{prefix_lo}/{m}"), summary.get(f"{prefix_hi}/{m}")
         return None if lo is None or hi is None else [lo, hi]
@@ -96,12 +116,16 @@ def results_from_wandb(config: dict, summary: dict) -> dict:
         "config": config,
         "metrics": metrics,
         "metrics_ci95": {m: pair("ci95_low", "ci95_high", m) for m in metrics if pair("ci95_low", "ci95_high", m)},
-        "quant": {"scheme": config["quant"]["name"],
-                  "effective_bits_per_param": summary.get("quant/effective_bits_per_param"),
-                  "model_bytes": summary.get("quant/model_bytes", summary.get("size/model_param_bytes", 0))},
+        "quant": {
+            "scheme": config["quant"]["name"],
+            "effective_bits_per_param": summary.get("quant/effective_bits_per_param"),
+            "model_bytes": summary.get("quant/model_bytes", summary.get("size/model_param_bytes", 0)),
+        },
         "sizes": {"model_param_bytes": summary.get("size/model_param_bytes", 0)},
-        "throughput": {"encode_docs_per_s": summary.get("throughput/encode_docs_per_s"),
-                       "search_qps": summary.get("throughput/search_qps")},
+        "throughput": {
+            "encode_docs_per_s": summary.get("throughput/encode_docs_per_s"),
+            "search_qps": summary.get("throughput/search_qps"),
+        },
         "data": {"name": summary.get("data/name", config["data"].get("name"))},
         "by_category": {},
     }
@@ -110,9 +134,14 @@ def results_from_wandb(config: dict, summary: dict) -> dict:
             _, cat, m = key.split("/", 2)
             res["by_category"].setdefault(cat, {})[m] = v
     if "delta/ndcg@10" in summary:
-        res["deltas"] = {m.removeprefix("delta/"): {"delta": v, "ci95": pair("delta_ci_low", "delta_ci_high",
-                                                                            m.removeprefix("delta/"))}
-                         for m, v in summary.items() if m.startswith("delta/")}
+        res["deltas"] = {
+            m.removeprefix("delta/"): {
+                "delta": v,
+                "ci95": pair("delta_ci_low", "delta_ci_high", m.removeprefix("delta/")),
+            }
+            for m, v in summary.items()
+            if m.startswith("delta/")
+        }
         res["verdict"] = {"accept": bool(summary.get("verdict/accept"))}
     return res
 
@@ -141,8 +170,12 @@ def collect_wandb(path: str) -> Report:
 
 
 def markdown(rep: Report) -> str:
-    lines = [f"# medret report: {rep.dataset or 'no complete runs'}", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# medret report: {rep.dataset or 'no complete runs'}",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rep.rows]
     if rep.partial:
         lines += ["", f"Partial runs (started, no results.json): {len(rep.partial)}", ""]
@@ -185,8 +218,10 @@ def plot(rep: Report, out: Path) -> list[Path]:
     scores = [r["metrics"]["ndcg@10"] for r in rep.results]
     lo = [s - r.get("metrics_ci95", {}).get("ndcg@10", [s, s])[0] for s, r in zip(scores, rep.results)]
     hi = [r.get("metrics_ci95", {}).get("ndcg@10", [s, s])[1] - s for s, r in zip(scores, rep.results)]
-    labels = [row["scheme"] if row["bits"] == "" or row["scheme"].startswith("bnb")
-              else f"{row['scheme']} {row['bits']}b" for row in rep.rows]
+    labels = [
+        row["scheme"] if row["bits"] == "" or row["scheme"].startswith("bnb") else f"{row['scheme']} {row['bits']}b"
+        for row in rep.rows
+    ]
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.errorbar(sizes, scores, yerr=[lo, hi], fmt="o", capsize=3, alpha=0.7, label="runs (95% CI)")
     front = pareto_front(list(zip(sizes, scores)))
@@ -224,8 +259,9 @@ def plot(rep: Report, out: Path) -> list[Path]:
     return written
 
 
-def write_report(folders: list[Path], out: Path | None = None, wandb_path: str | None = None
-                 ) -> tuple[Report, list[Path]]:
+def write_report(
+    folders: list[Path], out: Path | None = None, wandb_path: str | None = None
+) -> tuple[Report, list[Path]]:
     if wandb_path:
         rep = collect_wandb(wandb_path)
         if out is None:

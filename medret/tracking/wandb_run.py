@@ -41,8 +41,7 @@ class RunTracker:
         cols = [c for c in rows[0] if not isinstance(rows[0][c], (list, dict))]
         if self.log_text and texts is not None:
             cols.append("query_text")
-        data = [[r.get(c, texts.get(r["query_id"]) if c == "query_text" else None) for c in cols]
-                for r in rows]
+        data = [[r.get(c, texts.get(r["query_id"]) if c == "query_text" else None) for c in cols] for r in rows]
         self.run.log({"per_query": wandb.Table(columns=cols, data=data)})
 
     def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
@@ -79,8 +78,14 @@ def run_identity(run_dir: Path) -> str:
     return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | None = None,
-                  job_type: str = "evaluate", tags: list[str] | None = None) -> RunTracker:
+def start_tracker(
+    cfg: LoggerConfig,
+    run_dir: Path,
+    config: dict,
+    name: str | None = None,
+    job_type: str = "evaluate",
+    tags: list[str] | None = None,
+) -> RunTracker:
     if cfg.name == "none":
         return RunTracker(None, False)
     if cfg.name != "wandb":
@@ -88,19 +93,34 @@ def start_tracker(cfg: LoggerConfig, run_dir: Path, config: dict, name: str | No
     if cfg.mode not in ("online", "offline", "disabled"):
         raise InputError(f"logger.mode={cfg.mode!r}: expected online, offline or disabled")
     # W&B's side directories default to the user's home; keep them with the run unless set.
-    for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
-                     ("WANDB_ARTIFACT_DIR", "artifacts"), ("WANDB_CONFIG_DIR", "config")):
+    for var, sub in (
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+        ("WANDB_CONFIG_DIR", "config"),
+    ):
         os.environ.setdefault(var, str(run_dir / "wandb" / sub))
     import wandb
 
     sweep, overrides = hydra_context()
     # overrides name the run; values of data paths are kept to their last component
-    label = " ".join(o if "path" not in o.split("=")[0] else f"{o.split('=')[0]}=…/{Path(o.split('=', 1)[1]).name}"
-                     for o in overrides if not o.startswith("hydra."))
+    label = " ".join(
+        o if "path" not in o.split("=")[0] else f"{o.split('=')[0]}=…/{Path(o.split('=', 1)[1]).name}"
+        for o in overrides
+        if not o.startswith("hydra.")
+    )
     run = wandb.init(
-        project=cfg.project, entity=cfg.entity, group=cfg.group or sweep, tags=[*cfg.tags, *(tags or [])] or None,
-        name=name or label or None, mode=cfg.mode, dir=str(run_dir), config=config, job_type=job_type,
-        id=run_identity(run_dir), resume="allow",
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group or sweep,
+        tags=[*cfg.tags, *(tags or [])] or None,
+        name=name or label or None,
+        mode=cfg.mode,
+        dir=str(run_dir),
+        config=config,
+        job_type=job_type,
+        id=run_identity(run_dir),
+        resume="allow",
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
     for metric in ("ndcg@*", "recall@*", "precision@*", "f1@*", "mrr@*", "map@*", "delta/*"):

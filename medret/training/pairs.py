@@ -27,8 +27,9 @@ def split_pairs(data: RetrievalDataset, dev_fraction: float, seed: int) -> PairS
         if pos:
             positives[qi] = pos
     if not positives:
-        raise InputError(f"{data.sources.get('qrels', data.name)}: no training pairs (no query has a relevant "
-                         "record in the corpus)")
+        raise InputError(
+            f"{data.sources.get('qrels', data.name)}: no training pairs (no query has a relevant record in the corpus)"
+        )
     # a stable, seeded split by query id: the dev queries never contribute training pairs
     rank = sorted(positives, key=lambda qi: hashlib.sha256(f"{seed}:{data.query_ids[qi]}".encode()).digest())
     n_dev = int(round(dev_fraction * len(rank)))

@@ -49,15 +49,20 @@ def _config_hash(cfg) -> str:
 
 def _subset(data: RetrievalDataset, queries: list[int]) -> RetrievalDataset:
     ids = [data.query_ids[i] for i in queries]
-    return dataclasses.replace(data, query_ids=ids, query_texts=[data.query_texts[i] for i in queries],
-                               qrels={q: data.qrels[q] for q in ids},
-                               query_categories={q: c for q, c in data.query_categories.items() if q in set(ids)})
+    return dataclasses.replace(
+        data,
+        query_ids=ids,
+        query_texts=[data.query_texts[i] for i in queries],
+        qrels={q: data.qrels[q] for q in ids},
+        query_categories={q: c for q, c in data.query_categories.items() if q in set(ids)},
+    )
 
 
 def _embed(encoder, texts: list[str]) -> torch.Tensor:
     s = encoder.settings
-    batch = encoder.tokenizer([s.prefix + t for t in texts], padding=True, truncation=True, max_length=s.max_length,
-                              return_tensors="pt").to(encoder.device)
+    batch = encoder.tokenizer(
+        [s.prefix + t for t in texts], padding=True, truncation=True, max_length=s.max_length, return_tensors="pt"
+    ).to(encoder.device)
     hidden = encoder.model(**batch).last_hidden_state
     return encoder.pool(hidden, batch["attention_mask"])
 
@@ -70,8 +75,9 @@ def _batch(split: PairSplit, step: int, batch_size: int, seed: int) -> list[tupl
     return [split.pairs[i] for i in order[pos * batch_size : (pos + 1) * batch_size]]
 
 
-def _mine_hard_negatives(retriever: Retriever, data: RetrievalDataset, split: PairSplit, cfg, root: Path,
-                         n: int) -> dict[int, list[int]]:
+def _mine_hard_negatives(
+    retriever: Retriever, data: RetrievalDataset, split: PairSplit, cfg, root: Path, n: int
+) -> dict[int, list[int]]:
     """Top-ranked non-relevant records per training query, with the starting model and medret's index."""
     train_data = _subset(data, split.train_queries)
     depth = min(data.num_docs, n + max(len(p) for p in split.positives.values()) + 5)
@@ -122,10 +128,23 @@ def _attach_qlora(retriever: Retriever, data: RetrievalDataset, cfg) -> dict:
         targets.append(lora_targets(enc.model))
         n += attach_lora(enc.model, targets[-1], cfg.train.lora_r, cfg.train.lora_alpha, cfg.train.lora_dropout)
     quant = quant_identity(cfg)
-    log.info("qlora: base %s (%.2f bits/param), LoRA r=%d on %d linears, %d trainable parameters", t.name,
-             info["effective_bits_per_param"], cfg.train.lora_r, sum(map(len, targets)), n)
-    return {"r": cfg.train.lora_r, "alpha": cfg.train.lora_alpha, "targets": targets, "quant": quant,
-            "quant_digest": quant_digest(quant), "base_model": cfg.model.path, "trainable_params": n}
+    log.info(
+        "qlora: base %s (%.2f bits/param), LoRA r=%d on %d linears, %d trainable parameters",
+        t.name,
+        info["effective_bits_per_param"],
+        cfg.train.lora_r,
+        sum(map(len, targets)),
+        n,
+    )
+    return {
+        "r": cfg.train.lora_r,
+        "alpha": cfg.train.lora_alpha,
+        "targets": targets,
+        "quant": quant,
+        "quant_digest": quant_digest(quant),
+        "base_model": cfg.model.path,
+        "trainable_params": n,
+    }
 
 
 def _save_adapter_files(models: list, unwrap, folder: Path) -> None:
@@ -150,8 +169,11 @@ def _load_adapter_files(models: list, unwrap, folder: Path) -> None:
 def export(retriever: Retriever, unwrap, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    targets = [(retriever.doc, tmp)] if retriever.query.model is retriever.doc.model else [
-        (retriever.doc, tmp / "doc_encoder"), (retriever.query, tmp / "query_encoder")]
+    targets = (
+        [(retriever.doc, tmp)]
+        if retriever.query.model is retriever.doc.model
+        else [(retriever.doc, tmp / "doc_encoder"), (retriever.query, tmp / "query_encoder")]
+    )
     for enc, folder in targets:
         folder.mkdir(parents=True, exist_ok=True)
         unwrap(enc.model).save_pretrained(folder)
@@ -171,31 +193,43 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if t.name not in ("contrastive", "qat", "qlora"):
         raise InputError(f"train={t.name}: expected contrastive, qat or qlora")
     if t.batch_size < 2 and t.hard_negatives == 0:
-        raise InputError(f"train.batch_size={t.batch_size}: in-batch negatives need at least 2 pairs per batch "
-                         "(or set train.hard_negatives)")
+        raise InputError(
+            f"train.batch_size={t.batch_size}: in-batch negatives need at least 2 pairs per batch "
+            "(or set train.hard_negatives)"
+        )
     if t.name == "contrastive" and cfg.quant.name != "none":
-        raise InputError(f"quant={cfg.quant.name}: contrastive training fine-tunes fp32 weights; use train=qat to "
-                         "train through a custom quantizer, or quantize the exported model with evaluate.py")
+        raise InputError(
+            f"quant={cfg.quant.name}: contrastive training fine-tunes fp32 weights; use train=qat to "
+            "train through a custom quantizer, or quantize the exported model with evaluate.py"
+        )
     if t.name in ("qat", "qlora"):
         validate(cfg.quant)
     if t.name == "qlora" and cfg.quant.name in ("none", "fp16", "bf16"):
-        raise InputError(f"quant={cfg.quant.name}: qlora trains adapters over a quantized base; use bnb_nf4, "
-                         "bnb_int8 or a custom scheme (or train=contrastive for fp32)")
+        raise InputError(
+            f"quant={cfg.quant.name}: qlora trains adapters over a quantized base; use bnb_nf4, "
+            "bnb_int8 or a custom scheme (or train=contrastive for fp32)"
+        )
     if t.name == "qlora" and cfg.model.adapter:
         raise InputError("model.adapter: qlora starts new adapters; merge the old ones first (best_model/)")
     run_dir = Path(run_dir)
     ks = sorted(set(int(k) for k in cfg.eval.k_values) | {10})
     data = load_dataset(cfg.data)
     if data.unknown_qrels["docs"]:  # a training positive that is not in the corpus is a broken pair
-        raise InputError(f"{data.sources.get('qrels', data.name)}: {data.unknown_qrels['docs']} positives name "
-                         f"records missing from the corpus {data.sources.get('corpus', '')}".rstrip())
+        raise InputError(
+            f"{data.sources.get('qrels', data.name)}: {data.unknown_qrels['docs']} positives name "
+            f"records missing from the corpus {data.sources.get('corpus', '')}".rstrip()
+        )
     split = split_pairs(data, t.dev_fraction, cfg.seed)
     if len(split.pairs) < t.batch_size:
         raise InputError(f"train.batch_size={t.batch_size}: only {len(split.pairs)} training pairs")
     if split.dev_queries and max(ks) > data.num_docs:
         raise InputError(f"eval.k_values: k={max(ks)} is larger than the corpus ({data.num_docs} documents)")
-    log.info("train: %d pairs from %d queries, %d dev queries", len(split.pairs), len(split.train_queries),
-             len(split.dev_queries))
+    log.info(
+        "train: %d pairs from %d queries, %d dev queries",
+        len(split.pairs),
+        len(split.train_queries),
+        len(split.dev_queries),
+    )
 
     torch.manual_seed(cfg.seed)
     retriever = load_retriever(cfg.model)
@@ -207,13 +241,17 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if t.name == "qlora":
         lora_meta = _attach_qlora(retriever, data, cfg)
     mp = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if retriever.doc.device.type == "cuda" else "no")
-    acc = Accelerator(mixed_precision=mp, gradient_accumulation_steps=t.grad_accum,
-                      cpu=retriever.doc.device.type == "cpu")
+    acc = Accelerator(
+        mixed_precision=mp, gradient_accumulation_steps=t.grad_accum, cpu=retriever.doc.device.type == "cpu"
+    )
     root = cache_root(cfg.cache.dir)
     hard = _mine_hard_negatives(retriever, data, split, cfg, root, t.hard_negatives) if t.hard_negatives else {}
 
-    models = [retriever.doc.model] if retriever.symmetric or retriever.query.model is retriever.doc.model else [
-        retriever.doc.model, retriever.query.model]
+    models = (
+        [retriever.doc.model]
+        if retriever.symmetric or retriever.query.model is retriever.doc.model
+        else [retriever.doc.model, retriever.query.model]
+    )
     params = [p for m in models for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
@@ -224,9 +262,11 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     if t.name == "qlora":  # checkpoints hold the adapters only: the quantized base is rebuilt from the config
         acc.register_save_state_pre_hook(
-            lambda ms, weights, out: (_save_adapter_files(ms, acc.unwrap_model, Path(out)), weights.clear()))
+            lambda ms, weights, out: (_save_adapter_files(ms, acc.unwrap_model, Path(out)), weights.clear())
+        )
         acc.register_load_state_pre_hook(
-            lambda ms, folder: (_load_adapter_files(ms, acc.unwrap_model, Path(folder)), ms.clear()))
+            lambda ms, folder: (_load_adapter_files(ms, acc.unwrap_model, Path(folder)), ms.clear())
+        )
     ckpt_root = run_dir / "checkpoints"
     config_hash = _config_hash(cfg)
     state = {"step": 0, "best_dev_ndcg@10": None, "best_step": None, "history": [], "config_hash": config_hash}
@@ -234,8 +274,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if ckpts:
         saved = json.loads((ckpts[-1] / STATE).read_text())
         if saved["config_hash"] != config_hash:
-            raise InputError(f"{ckpts[-1]}: checkpoint of another config (hash {saved['config_hash']} != "
-                             f"{config_hash}); use another hydra.run.dir or train.resume=false")
+            raise InputError(
+                f"{ckpts[-1]}: checkpoint of another config (hash {saved['config_hash']} != "
+                f"{config_hash}); use another hydra.run.dir or train.resume=false"
+            )
         acc.load_state(str(ckpts[-1]))
         state = saved
         # a changed train.max_steps changes the schedule: continue on the new one, not the saved lr
@@ -258,8 +300,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             pairs = _batch(split, step * t.grad_accum + micro, t.batch_size, cfg.seed)
             docs = [di for _, di in pairs] + [h for qi, _ in pairs for h in hard.get(qi, [])]
             # another pair of the same query in the batch is not a negative for it
-            fn = torch.tensor([[d in split.positives[qi] and j != i for j, d in enumerate(docs)]
-                               for i, (qi, _) in enumerate(pairs)], device=acc.device)
+            fn = torch.tensor(
+                [[d in split.positives[qi] and j != i for j, d in enumerate(docs)] for i, (qi, _) in enumerate(pairs)],
+                device=acc.device,
+            )
             with acc.accumulate(*models):
                 q = _embed(retriever.query, [data.query_texts[qi] for qi, _ in pairs])
                 d = _embed(retriever.doc, [data.doc_texts[di] for di in docs])
@@ -280,8 +324,11 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 if t.name == "qat":  # keep the latent weights; the packed model is made once, at the end
                     _save_latent(retriever, acc.unwrap_model, run_dir / "best_latent")
                 elif t.name == "qlora":
-                    save_adapters([acc.unwrap_model(e.model) for e in _distinct(retriever)],
-                                  run_dir / "best_adapter", {**lora_meta, "step": step})
+                    save_adapters(
+                        [acc.unwrap_model(e.model) for e in _distinct(retriever)],
+                        run_dir / "best_adapter",
+                        {**lora_meta, "step": step},
+                    )
                 else:
                     export(retriever, acc.unwrap_model, best_dir)
         state["history"].append(record)
@@ -292,7 +339,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             folder = ckpt_root / f"step-{step}"
             acc.save_state(str(folder))
             write_json(folder / STATE, state)
-            for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-t.keep_checkpoints]:
+            for old in sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[: -t.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
     bar.close()
     quant_info = None
@@ -310,27 +357,50 @@ def run_train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         quant_info = {k: v for k, v in quant_info.items() if k != "layers"}
     elif t.name == "qlora":
         if state["best_step"] is None:  # no dev split: the last adapters are the ones kept
-            save_adapters([acc.unwrap_model(e.model) for e in _distinct(retriever)], run_dir / "best_adapter",
-                          {**lora_meta, "step": state["step"]})
+            save_adapters(
+                [acc.unwrap_model(e.model) for e in _distinct(retriever)],
+                run_dir / "best_adapter",
+                {**lora_meta, "step": state["step"]},
+            )
         else:
             _load_adapter_files([e.model for e in _distinct(retriever)], acc.unwrap_model, run_dir / "best_adapter")
         merged = sum(merge_to_dense(acc.unwrap_model(e.model)) for e in _distinct(retriever))
         export(retriever, acc.unwrap_model, best_dir)
-        quant_info = {"scheme": cfg.quant.name, "bits": cfg.quant.bits, "lora_r": t.lora_r,
-                      "adapter": str(run_dir / "best_adapter"), "merged_layers": merged,
-                      "trainable_params": lora_meta["trainable_params"]}
+        quant_info = {
+            "scheme": cfg.quant.name,
+            "bits": cfg.quant.bits,
+            "lora_r": t.lora_r,
+            "adapter": str(run_dir / "best_adapter"),
+            "merged_layers": merged,
+            "trainable_params": lora_meta["trainable_params"],
+        }
     elif not split.dev_queries or state["best_step"] is None:
         export(retriever, acc.unwrap_model, best_dir)  # no dev split: the last model is the one exported
-    results = {"steps": state["step"], "best_step": state["best_step"], "best_dev_ndcg@10": state["best_dev_ndcg@10"],
-               "final_loss": state["history"][-1]["loss"] if state["history"] else None,
-               "train_pairs": len(split.pairs), "dev_queries": len(split.dev_queries),
-               "hard_negatives": t.hard_negatives, "mixed_precision": mp, "seconds": time.perf_counter() - t0,
-               "best_model": str(best_dir), "quant": quant_info, "history": state["history"], "config": resolved}
+    results = {
+        "steps": state["step"],
+        "best_step": state["best_step"],
+        "best_dev_ndcg@10": state["best_dev_ndcg@10"],
+        "final_loss": state["history"][-1]["loss"] if state["history"] else None,
+        "train_pairs": len(split.pairs),
+        "dev_queries": len(split.dev_queries),
+        "hard_negatives": t.hard_negatives,
+        "mixed_precision": mp,
+        "seconds": time.perf_counter() - t0,
+        "best_model": str(best_dir),
+        "quant": quant_info,
+        "history": state["history"],
+        "config": resolved,
+    }
     write_json(run_dir / "train_results.json", results)
     tracker.log_summary({k: v for k, v in results.items() if isinstance(v, (int, float)) and v is not None})
     tracker.finish()
     if math.isnan(results["final_loss"] or 0.0):
         raise InputError("training diverged: the loss is NaN (lower train.lr)")
-    log.info("trained %d steps, best dev nDCG@10 %s at step %s -> %s", state["step"], state["best_dev_ndcg@10"],
-             state["best_step"], best_dir)
+    log.info(
+        "trained %d steps, best dev nDCG@10 %s at step %s -> %s",
+        state["step"],
+        state["best_dev_ndcg@10"],
+        state["best_step"],
+        best_dir,
+    )
     return results
