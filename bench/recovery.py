@@ -8,7 +8,9 @@ quantization (PTQ) at each width; QAT from the fp32 model (``train=qat``, export
 (``train=qlora``) evaluated with its adapters attached and merged-then-requantized. Every training run
 gets the same pairs, steps and batch. Finished runs are skipped, so a killed benchmark resumes.
 The table gives nDCG@10 on test, the paired-bootstrap 95% CI of its change against fp32, and the share
-of the PTQ loss each recovery method wins back: (method - PTQ) / (fp32 - PTQ).
+of the gap from PTQ to the fp32 model fine-tuned with the same pairs and steps that each recovery method
+closes: (method - PTQ) / (fp32 fine-tuned - PTQ). Training on SciFact train also adapts the model to the
+domain, so the fine-tuned fp32 model, not the original, is the fair ceiling.
 """
 
 from __future__ import annotations
@@ -95,12 +97,14 @@ def main() -> None:
     qids = sorted(base)
     fp32 = np.mean([base[q] for q in qids])
     ptq = {bits: np.mean(list(per_query_ndcg(d).values())) for name, bits, d in rows if name == "PTQ"}
+    ft_score = np.mean(list(per_query_ndcg(rows[1][2]).values()))
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
     lines = [
         f"Command: `python bench/recovery.py {flags}`",
         "",
-        "| method | bits | eff. bits/param | nDCG@10 | Δ vs fp32 | 95% CI | recovered of PTQ loss | train s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | bits | eff. bits/param | nDCG@10 | Δ vs fp32 | 95% CI | gap closed | Δ vs fp32 fine-tuned "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, bits, d in rows:
         res = json.loads((d / "results.json").read_text())
@@ -109,8 +113,8 @@ def main() -> None:
         lo, hi = bootstrap_ci(diff, n_resamples=2000, seed=0)
         score = float(np.mean([pq[q] for q in qids]))
         rec = ""
-        if bits in ptq and name != "PTQ" and fp32 - ptq[bits] > 0:
-            rec = f"{(score - ptq[bits]) / (fp32 - ptq[bits]):.0%}"
+        if bits in ptq and name != "PTQ" and ft_score - ptq[bits] > 0:
+            rec = f"{(score - ptq[bits]) / (ft_score - ptq[bits]):.0%}"
         eff = res.get("quant", {}).get("effective_bits_per_param")
         tr = {
             "fp32 fine-tuned": out / "train-ft",
@@ -121,7 +125,7 @@ def main() -> None:
         eff_s = f"{eff:.2f}" if eff else "32"
         lines.append(
             f"| {name} | {bits} | {eff_s} | {score:.4f} | {score - fp32:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
-            f"{rec} | {secs} |"
+            f"{rec} | {score - ft_score:+.4f} | {secs} |"
         )
         print(lines[-1], flush=True)
     (out / "table.md").write_text("\n".join(lines) + "\n")
