@@ -115,7 +115,8 @@ def main() -> None:
         rec = ""
         if bits in ptq and name != "PTQ" and ft_score - ptq[bits] > 0:
             rec = f"{(score - ptq[bits]) / (ft_score - ptq[bits]):.0%}"
-        eff = res.get("quant", {}).get("effective_bits_per_param")
+        q = res.get("quant", {})
+        eff = q.get("effective_bits_per_param_with_adapter") or q.get("effective_bits_per_param")
         tr = {
             "fp32 fine-tuned": out / "train-ft",
             "QAT": out / f"train-qat{bits}",

@@ -255,7 +255,10 @@ def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert
         compose_cfg(*common, f"model.path={tiny_bert}", *quant, f"model.adapter={adapter}"), tmp_path / "attached"
     )
     merged = run_evaluate(compose_cfg(*common, f"model.path={res['best_model']}"), tmp_path / "merged")
-    assert attached["quant"]["adapter"]["r"] == 4
+    assert attached["quant"]["adapter"]["r"] == 4 and attached["quant"]["adapter"]["params"] > 0
+    q = attached["quant"]
+    assert q["effective_bits_per_param_with_adapter"] > q["effective_bits_per_param"]
+    assert q["model_bytes"] > plain["quant"]["model_bytes"]
     # quantized base + adapters computes what the merged fp32 model (dequantized W + B·A) computes
     assert abs(attached["metrics"]["ndcg@10"] - merged["metrics"]["ndcg@10"]) < 1e-3
     # and the adapter changed the quantized model's ranking (a cached encoding was not reused)

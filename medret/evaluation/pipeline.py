@@ -30,6 +30,7 @@ from medret.index.faiss_index import choose_placement
 from medret.metrics import METRIC_NAMES, bootstrap_ci, evaluate_run, mean_metrics
 from medret.models import Retriever, load_retriever
 from medret.quant import needs_calibration, quantize_retriever, validate
+from medret.quant.apply import state_bytes
 from medret.quant.persist import save_quantized
 from medret.tracking import start_tracker
 
@@ -273,7 +274,13 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
             "r": meta["r"],
             "step": meta.get("step"),
             "digest": meta["digest"],
+            "params": sum(p.numel() for e in encoders for n, p in e.model.named_parameters() if "lora_" in n),
         }
+        # the adapters are part of the deployed model: count their fp32 bits against the quantized params
+        bits, n = quant_info.get("effective_bits_per_param"), quant_info.get("quantized_params")
+        if bits and n:
+            quant_info["effective_bits_per_param_with_adapter"] = bits + 32 * quant_info["adapter"]["params"] / n
+        quant_info["model_bytes"] = sum(state_bytes(e.model) for e in encoders)
         qkey = {**qkey, "adapter": meta["digest"]}
     if cfg.cache.only_shard is not None:  # an encode-only array task: fill one shard and stop
         done = encode_one_shard(
