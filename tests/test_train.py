@@ -184,6 +184,7 @@ def test_qat_trains_through_the_quantizer_and_exports_a_packed_model(tiny_bert, 
 
     fp32_bytes = load_retriever(ModelConfig(name="t", path=str(tiny_bert))).param_bytes()
     assert ev["sizes"]["model_param_bytes"] < fp32_bytes  # evaluate ran the packed model, not re-quantized
+    assert ev["quant"]["loaded_packed"] and 3.0 < ev["quant"]["effective_bits_per_param"] < 4.5
     with pytest.raises(InputError, match="QAT supports the custom schemes"):
         run_train(train_cfg(tiny_bert, "train=qat", "quant=bnb_nf4", "train.max_steps=2"), tmp_path / "x")
 

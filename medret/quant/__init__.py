@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from medret.quant.apply import CASTS, SCHEMES, as_config, quantize_model, state_bytes, validate
+from medret.quant.linear import QuantLinear
 
 __all__ = ["SCHEMES", "needs_calibration", "quantize_retriever", "validate"]
 
@@ -54,7 +55,24 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
         if cfg.name.startswith("bnb_4") or cfg.name in ("bnb_nf4", "bnb_fp4"):
             info["bnb_4bit_compute_dtype_requested"] = cfg.compute_dtype
     else:
-        info["effective_bits_per_param"] = 32.0
+        # a model saved packed (quant.save_dir, train=qat) loads as QuantLinear: report its real bits
+        packed = [
+            (m.state().effective_bits(), m.in_features * m.out_features)
+            for e in encoders
+            for m in e.model.modules()
+            if isinstance(m, QuantLinear)
+        ]
+        if packed:
+            n = sum(p for _, p in packed)
+            info.update(
+                {
+                    "loaded_packed": True,
+                    "quantized_params": n,
+                    "effective_bits_per_param": sum(b * p for b, p in packed) / n,
+                }
+            )
+        else:
+            info["effective_bits_per_param"] = 32.0
     info["model_bytes"] = sum(state_bytes(e.model) for e in encoders)
     info["fp32_model_bytes"] = fp32_bytes
     return info
