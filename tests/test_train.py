@@ -42,6 +42,10 @@ def train_cfg(tiny_bert: Path, *extra: str):
         )
 
 
+# evaluate a trained model on a small synthetic set
+SMALL_EVAL = ("model=minilm", "logger=none", "data.num_records=300", "data.num_queries=40", "eval.k_values=[1,10,100]")
+
+
 def test_training_lowers_the_loss_and_exports_a_model_evaluate_loads(tiny_bert, tmp_path):
     res = run_train(train_cfg(tiny_bert, "train.max_steps=30", "train.lr=2e-3", "train.dev_every=10"), tmp_path)
     losses = [h["loss"] for h in res["history"]]
@@ -51,17 +55,7 @@ def test_training_lowers_the_loss_and_exports_a_model_evaluate_loads(tiny_bert, 
     assert [h["step"] for h in res["history"] if "dev_ndcg@10" in h] == [10, 20, 30]
     best = Path(res["best_model"])
     assert (best / "config.json").is_file() and (best / "modules.json").is_file()
-    ev = run_evaluate(
-        compose_cfg(
-            "model=minilm",
-            f"model.path={best}",
-            "logger=none",
-            "data.num_records=300",
-            "data.num_queries=40",
-            "eval.k_values=[1,10,100]",
-        ),
-        tmp_path / "eval",
-    )
+    ev = run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={best}"), tmp_path / "eval")
     assert 0.0 <= ev["metrics"]["ndcg@10"] <= 1.0
 
 
@@ -168,17 +162,7 @@ def test_qat_trains_through_the_quantizer_and_exports_a_packed_model(tiny_bert, 
     assert manifest["quant"]["scheme"] == "uniform" and len(manifest["modules"]) == 12
     assert 3.0 < res["quant"]["effective_bits_per_param"] < 4.5
     assert (tmp_path / "best_latent" / "encoder0.pt").is_file()
-    ev = run_evaluate(
-        compose_cfg(
-            "model=minilm",
-            f"model.path={best}",
-            "logger=none",
-            "data.num_records=300",
-            "data.num_queries=40",
-            "eval.k_values=[1,10,100]",
-        ),
-        tmp_path / "eval",
-    )
+    ev = run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={best}"), tmp_path / "eval")
     from medret.config import ModelConfig
     from medret.models import load_retriever
 
@@ -250,12 +234,11 @@ def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert
     ckpt = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
     assert (ckpt / "adapter0.safetensors").is_file() and not list(ckpt.glob("model*.safetensors"))
 
-    common = ["model=minilm", "logger=none", "data.num_records=300", "data.num_queries=40", "eval.k_values=[1,10,100]"]
-    plain = run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", *quant), tmp_path / "plain")
+    plain = run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={tiny_bert}", *quant), tmp_path / "plain")
     attached = run_evaluate(
-        compose_cfg(*common, f"model.path={tiny_bert}", *quant, f"model.adapter={adapter}"), tmp_path / "attached"
+        compose_cfg(*SMALL_EVAL, f"model.path={tiny_bert}", *quant, f"model.adapter={adapter}"), tmp_path / "attached"
     )
-    merged = run_evaluate(compose_cfg(*common, f"model.path={res['best_model']}"), tmp_path / "merged")
+    merged = run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={res['best_model']}"), tmp_path / "merged")
     assert attached["quant"]["adapter"]["r"] == 4 and attached["quant"]["adapter"]["params"] > 0
     q = attached["quant"]
     assert q["effective_bits_per_param_with_adapter"] > q["effective_bits_per_param"]
@@ -267,7 +250,7 @@ def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert
     with pytest.raises(InputError, match="trained over quant"):
         run_evaluate(
             compose_cfg(
-                *common,
+                *SMALL_EVAL,
                 f"model.path={tiny_bert}",
                 "quant=uniform",
                 "quant.bits=3",
@@ -277,7 +260,7 @@ def test_qlora_trains_adapters_over_a_custom_quantized_base_and_merges(tiny_bert
             tmp_path / "wrong",
         )
     with pytest.raises(InputError, match="QLoRA adapter sits on a quantized base"):
-        run_evaluate(compose_cfg(*common, f"model.path={tiny_bert}", f"model.adapter={adapter}"), tmp_path / "w2")
+        run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={tiny_bert}", f"model.adapter={adapter}"), tmp_path / "w2")
 
 
 def test_qlora_over_bitsandbytes_nf4_resumes_identically(tiny_bert, tmp_path):
