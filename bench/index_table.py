@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from medret.config import register_configs
 from medret.evaluation import run_evaluate
-from medret.evaluation.outputs import write_atomic
+from medret.storage import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["flat", "fp16", "sq8", "sq4", "pq", "ivf_pq", "hnsw", "binary"]

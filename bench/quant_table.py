@@ -20,11 +20,12 @@ from hydra import compose, initialize_config_dir
 
 from medret.config import register_configs
 from medret.evaluation import run_evaluate
-from medret.evaluation.outputs import write_atomic
+from medret.quant import names
+from medret.storage import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXED = ["none", "fp16", "bf16", "bnb_int8", "bnb_nf4", "bnb_fp4"]
-CUSTOM = ["uniform", "nf", "kmeans", "fisher_kmeans", "log", "companding", "outliers"]
+CUSTOM = list(names("custom"))  # every registered custom scheme
+FIXED = [n for n in names() if n not in CUSTOM]
 COLUMNS = [
     "scheme",
     "bits",

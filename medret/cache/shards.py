@@ -8,9 +8,7 @@ job leaves only whole shards and two jobs encoding the same corpus never corrupt
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medret.errors import InputError
+from medret.storage import digest, file_sha256, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,7 @@ def cache_root(configured: str | None) -> Path:
 
 
 def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return digest(parts, 32)
 
 
 def ensure_writable(root: Path) -> None:
@@ -54,22 +45,9 @@ def ensure_writable(root: Path) -> None:
 
 
 def _write_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        buf = io.BytesIO()
-        np.save(buf, arr)  # numpy's own short-write error carries no errno: write the bytes ourselves
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise InputError(
-                f"{path}: disk full while writing an embedding shard (free space or move cache.dir)"
-            ) from None
-        raise
+    buf = io.BytesIO()
+    np.save(buf, arr)  # numpy's own short-write error carries no errno: write the bytes ourselves
+    write_atomic(path, [buf.getbuffer()])
 
 
 class ShardStore:
@@ -112,15 +90,7 @@ class ShardStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write_manifest(self, manifest: dict) -> None:
-        tmp = self.dir / f".manifest.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, self.dir / "manifest.json")
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if e.errno == errno.ENOSPC:
-                raise InputError(f"{self.dir / 'manifest.json'}: disk full while updating the cache manifest") from None
-            raise
+        write_json(self.dir / "manifest.json", manifest)
 
     def record_range(self, i: int) -> tuple[int, int]:
         return i * self.shard_size, min((i + 1) * self.shard_size, self.num_records)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medret.cache import file_sha256
 from medret.config import DataConfig
 from medret.data import synthetic
 from medret.data.dataset import RetrievalDataset, check_unique, reconcile_qrels, restrict_to_judged
 from medret.data.files import find_file, read_qrels, read_texts
 from medret.errors import InputError
+from medret.storage import file_sha256
 
 __all__ = ["RetrievalDataset", "load_dataset"]
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
+import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
-
-def weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from medret.cache import cache_key
+from medret.storage import write_atomic
 
 
 def save_baseline(
@@ -27,25 +20,18 @@ def save_baseline(
     query_emb: np.ndarray,
     doc_sample: np.ndarray,
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     depth = max((len(r) for r in ranked), default=0)
-    ranked_arr = np.array([r + [""] * (depth - len(r)) for r in ranked], dtype=str)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                query_ids=np.array(query_ids, dtype=str),
-                ranked=ranked_arr,
-                query_emb=query_emb,
-                doc_sample=doc_sample,
-                metric_names=np.array(list(per_query), dtype=str),
-                metrics=np.stack([per_query[m] for m in per_query]),
-            )
-        os.replace(tmp, path)  # concurrent sweep jobs: last complete writer wins, readers never see half
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        query_ids=np.array(query_ids, dtype=str),
+        ranked=np.array([r + [""] * (depth - len(r)) for r in ranked], dtype=str),
+        query_emb=query_emb,
+        doc_sample=doc_sample,
+        metric_names=np.array(list(per_query), dtype=str),
+        metrics=np.stack([per_query[m] for m in per_query]),
+    )
+    write_atomic(path, [buf.getbuffer()])  # concurrent sweep jobs: last complete writer wins, readers never see half
 
 
 def load_baseline(path: Path, query_ids: list[str]) -> dict | None:
@@ -64,3 +50,17 @@ def load_baseline(path: Path, query_ids: list[str]) -> dict | None:
     except (OSError, ValueError, KeyError):
         path.unlink(missing_ok=True)  # corrupt: recompute rather than trust it
         return None
+
+
+def baseline_path(cfg, root: Path, identity: dict, retriever, data, ks: list[int]) -> Path:
+    """Everything the fp32 result depends on: weights, encoder settings, data, passages, ks, index."""
+    parts = {
+        "weights": identity,
+        "encoders": {"doc": vars(retriever.doc.settings), "query": vars(retriever.query.settings)},
+        "corpus": data.corpus_fingerprint,
+        "queries": data.queries_fingerprint(),
+        "passages": [cfg.data.passage_tokens, cfg.data.passage_stride, cfg.eval.passage_fanout],
+        "ks": ks,
+        "index": dataclasses.asdict(cfg.index),
+    }
+    return root / "baselines" / f"{cache_key(parts)}.npz"

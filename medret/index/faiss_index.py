@@ -122,6 +122,7 @@ def build_index(shards: Iterable[np.ndarray] | np.ndarray, cfg: IndexConfig, dim
     placement = choose_placement(cfg)
     t0 = time.perf_counter()
     res: list = []
+    factory = cfg.factory
     if cfg.factory == "binary":
         index = BinaryRescoreIndex(dim, cfg.rescore_multiplier)
     elif placement == "torch":
@@ -156,13 +157,13 @@ def build_index(shards: Iterable[np.ndarray] | np.ndarray, cfg: IndexConfig, dim
     log.info(
         "index %s (%s) on %s: %d vectors, %.1f MB, built in %.2fs",
         cfg.name,
-        cfg.factory,
+        factory,
         placement,
         index.ntotal,
         nbytes / 1e6,
         build_s,
     )
-    return SearchIndex(index, placement, cfg.factory, build_s, nbytes, res)
+    return SearchIndex(index, placement, factory, build_s, nbytes, res)  # the factory as built (OPQ prefix)
 
 
 def _chain(head: list, tail: Iterator) -> Iterator:

@@ -1,5 +1,12 @@
 """IR metrics (trec_eval definitions) per query and mean, with bootstrap confidence intervals."""
 
-from medret.metrics.ranking import METRIC_NAMES, bootstrap_ci, evaluate_run, mean_metrics, paired_delta_ci
+from medret.metrics.ranking import (
+    METRIC_NAMES,
+    bootstrap_ci,
+    check_metric,
+    evaluate_run,
+    mean_metrics,
+    paired_delta_ci,
+)
 
-__all__ = ["METRIC_NAMES", "bootstrap_ci", "evaluate_run", "mean_metrics", "paired_delta_ci"]
+__all__ = ["METRIC_NAMES", "bootstrap_ci", "check_metric", "evaluate_run", "mean_metrics", "paired_delta_ci"]

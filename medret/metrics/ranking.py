@@ -93,3 +93,15 @@ def bootstrap_ci(
         random_state=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def check_metric(option: str, metric: str, ks: list[int]) -> None:
+    """``<metric>@<k>`` with a known metric and a k that is computed; else one clear error line."""
+    from medret.errors import InputError
+
+    name, _, k = metric.partition("@")
+    if name not in METRIC_NAMES or not k.isdigit() or int(k) not in ks:
+        raise InputError(
+            f"{option}={metric!r}: expected <metric>@<k> with metric in "
+            f"{', '.join(METRIC_NAMES)} and k in eval.k_values {ks}"
+        )

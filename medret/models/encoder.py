@@ -157,9 +157,12 @@ class Retriever:
     def symmetric(self) -> bool:
         return self.query is self.doc
 
+    def encoders(self) -> list[TextEncoder]:
+        """Each distinct model once: the document encoder, and the query encoder when its weights differ."""
+        return [self.doc] if self.query.model is self.doc.model else [self.doc, self.query]
+
     def param_bytes(self) -> int:
-        n = self.doc.param_bytes()
-        return n if self.symmetric else n + self.query.param_bytes()
+        return sum(e.param_bytes() for e in self.encoders())
 
 
 def _settings(path: str, cfg: ModelConfig, max_length: int | None, prefix: str) -> EncoderSettings:

@@ -21,6 +21,7 @@ from medret.errors import InputError
 from medret.quant.bnb import dequantized_weight
 from medret.quant.linear import QuantLinear
 from medret.quant.state import dequantize
+from medret.storage import atomic_dir, digest
 
 ADAPTER_META = "medret_adapter.json"
 ADAPTER = "default"
@@ -79,22 +80,27 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
 
 
 def quant_digest(quant: dict) -> str:
-    return hashlib.sha256(json.dumps(quant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(quant, 16)
 
 
 def save_adapters(models: list[nn.Module], out: Path, meta: dict) -> Path:
     """``adapter{i}.safetensors`` per distinct encoder and ``medret_adapter.json`` (r, alpha, targets, quant)."""
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for i, m in enumerate(models):
-        save_file(adapter_state(m), str(tmp / f"adapter{i}.safetensors"))
-    (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if out.exists():
-        for f in out.iterdir():
-            f.unlink()
-        out.rmdir()
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        save_adapter_files(models, tmp)
+        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out
+
+
+def save_adapter_files(models: list[nn.Module], folder: Path) -> None:
+    """``adapter{i}.safetensors`` per distinct encoder (a training checkpoint holds only these)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(models):
+        save_file(adapter_state(m), str(folder / f"adapter{i}.safetensors"))
+
+
+def load_adapter_files(models: list[nn.Module], folder: Path) -> None:
+    for i, m in enumerate(models):
+        load_adapter_state(m, load_file(str(folder / f"adapter{i}.safetensors")))
 
 
 def load_adapters(models: list[nn.Module], folder: Path, quant: dict) -> dict:
@@ -112,14 +118,14 @@ def load_adapters(models: list[nn.Module], folder: Path, quant: dict) -> dict:
         raise InputError(
             f"model.adapter={folder}: adapters for {len(meta['targets'])} encoders, this model has {len(models)}"
         )
-    digest = hashlib.sha256()
+    h = hashlib.sha256()
     for i, m in enumerate(models):
         file = Path(folder) / f"adapter{i}.safetensors"
-        digest.update(file.read_bytes())
+        h.update(file.read_bytes())
         attach_lora(m, meta["targets"][i], meta["r"], meta["alpha"], 0.0)
         load_adapter_state(m, load_file(str(file)))
         m.eval()
-    return {**meta, "digest": digest.hexdigest()[:16]}
+    return {**meta, "digest": h.hexdigest()[:16]}
 
 
 def _dense_weight(base: nn.Module) -> torch.Tensor:

@@ -7,8 +7,12 @@ import copy
 import torch
 from torch import nn
 
-BNB_SCHEMES = ("bnb_int8", "bnb_nf4", "bnb_fp4")
+from medret.quant.registry import Scheme, register
+
 BNB_DEVICES = ("cpu", "cuda", "xpu")
+register(Scheme("bnb_int8", "bnb", bits=8))
+register(Scheme("bnb_nf4", "bnb", bits=4))
+register(Scheme("bnb_fp4", "bnb", bits=4))
 
 
 def replace_linear(lin: nn.Linear, scheme: str, cfg, device: torch.device) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from medret.quant.registry import Scheme, register
 from medret.quant.state import QuantState, dequantize, quantize_scaled_levels
 
 
@@ -15,5 +16,7 @@ def levels(bits: int, mu: float = 255.0) -> torch.Tensor:
 def quantize(weight: torch.Tensor, bits: int, group_size: int, mu: float = 255.0) -> QuantState:
     return quantize_scaled_levels(weight, levels(bits, mu), bits, group_size)
 
+
+register(Scheme("companding", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, spec.mu)))
 
 __all__ = ["levels", "quantize", "dequantize"]

@@ -10,7 +10,8 @@ from torch import nn
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant.apply import CUSTOM, as_config, group_size_for, quantize_weight, select_linears, spec_for
+from medret.quant.apply import as_config, group_size_for, module_specs, quantize_weight, select_linears, spec_for
+from medret.quant.registry import names, scheme
 from medret.quant.state import dequantize
 
 
@@ -34,11 +35,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def attach_fake_quant(model: nn.Module, cfg) -> int:
     cfg = as_config(cfg)
-    if cfg.name not in CUSTOM or cfg.name == "fisher_kmeans" or cfg.base == "fisher_kmeans":
-        raise InputError(
-            f"train=qat with quant={cfg.name}: QAT supports the custom schemes "
-            f"({', '.join(c for c in CUSTOM if c != 'fisher_kmeans')})"
-        )
+    trainable = [n for n in names("custom") if scheme(n).qat]
+    used = {x for spec in module_specs(cfg) for x in (spec.name, spec.base) if x and x != "none"}
+    if scheme(cfg.name).kind != "custom" or not used <= set(trainable):
+        raise InputError(f"train=qat with quant={cfg.name}: QAT supports the custom schemes ({', '.join(trainable)})")
     n = 0
     for name in select_linears(model, cfg):
         spec = spec_for(name, cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from medret.quant.registry import Scheme, register
 from medret.quant.state import QuantState, dequantize, groups_of, make_state, nearest_level
 
 
@@ -42,5 +43,17 @@ def quantize(
     codes = nearest_level(g, cent)
     return make_state(weight, bits, group_size, codes, cent)
 
+
+register(Scheme("kmeans", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, None, spec.kmeans_iters)))
+# SqueezeLLM-style: squared gradients on corpus texts weight each weight's pull on its centroid
+register(
+    Scheme(
+        "fisher_kmeans",
+        "custom",
+        lambda w, spec, gs, imp: quantize(w, spec.bits, gs, imp, spec.kmeans_iters),
+        calibrated=True,
+        qat=False,
+    )
+)
 
 __all__ = ["fit_codebooks", "quantize", "dequantize"]

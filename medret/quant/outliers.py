@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from medret.errors import InputError
+from medret.quant.registry import Scheme, names, register, scheme
 from medret.quant.state import QuantState
 
 
@@ -23,3 +25,17 @@ def attach(state: QuantState, idx: torch.Tensor, val: torch.Tensor) -> QuantStat
     if idx.numel():
         state.outlier_idx, state.outlier_val = idx, val
     return state
+
+
+def _check(spec) -> None:
+    bases = [n for n in names("custom") if n != "outliers"]
+    if spec.base not in bases:
+        raise InputError(f"quant.base={spec.base!r}: outliers needs a custom base scheme ({', '.join(bases)})")
+
+
+def _quantize(w: torch.Tensor, spec, group_size: int, importance: torch.Tensor | None) -> QuantState:
+    """The base scheme on the dense part; the split itself is done for every custom scheme."""
+    return scheme(spec.base).quantize(w, spec, group_size, importance)
+
+
+register(Scheme("outliers", "custom", _quantize, check=_check))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from medret.quant.registry import Scheme, register
 from medret.quant.state import QuantState, dequantize, quantize_scaled_levels
 
 
@@ -16,5 +17,7 @@ def levels(bits: int) -> torch.Tensor:
 def quantize(weight: torch.Tensor, bits: int, group_size: int) -> QuantState:
     return quantize_scaled_levels(weight, levels(bits), bits, group_size)
 
+
+register(Scheme("log", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs)))
 
 __all__ = ["levels", "quantize", "dequantize"]

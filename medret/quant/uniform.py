@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from medret.quant.registry import Scheme, register
 from medret.quant.state import QuantState, dequantize, groups_of, make_state
 
 
@@ -22,5 +23,7 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool =
     levels = torch.arange(2**bits, dtype=torch.float32)
     return make_state(weight, bits, group_size, q.to(torch.uint8), levels[None], scale, lo)
 
+
+register(Scheme("uniform", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, spec.symmetric)))
 
 __all__ = ["quantize", "dequantize"]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medret.errors import InputError
-from medret.evaluation.outputs import write_atomic
+from medret.storage import write_atomic
+from medret.tracking.outputs import results_of
 
 COLUMNS = [
     "run",
@@ -104,46 +105,7 @@ def collect(folders: list[Path]) -> Report:
     return rep
 
 
-def results_from_wandb(config: dict, summary: dict) -> dict:
-    """A W&B run's config and summary, shaped like results.json (what medret logs as summary)."""
-
-    def pair(prefix_lo: str, prefix_hi: str, m: str) -> list[float] | None:
-        lo, hi = summary.get(f"{prefix_lo}/{m}"), summary.get(f"{prefix_hi}/{m}")
-        return None if lo is None or hi is None else [lo, hi]
-
-    metrics = {k: v for k, v in summary.items() if "@" in k and "/" not in k}
-    res = {
-        "config": config,
-        "metrics": metrics,
-        "metrics_ci95": {m: pair("ci95_low", "ci95_high", m) for m in metrics if pair("ci95_low", "ci95_high", m)},
-        "quant": {
-            "scheme": config["quant"]["name"],
-            "effective_bits_per_param": summary.get("quant/effective_bits_per_param"),
-            "model_bytes": summary.get("quant/model_bytes", summary.get("size/model_param_bytes", 0)),
-        },
-        "sizes": {"model_param_bytes": summary.get("size/model_param_bytes", 0)},
-        "throughput": {
-            "encode_docs_per_s": summary.get("throughput/encode_docs_per_s"),
-            "search_qps": summary.get("throughput/search_qps"),
-        },
-        "data": {"name": summary.get("data/name", config["data"].get("name"))},
-        "by_category": {},
-    }
-    for key, v in summary.items():
-        if key.startswith("category/"):
-            _, cat, m = key.split("/", 2)
-            res["by_category"].setdefault(cat, {})[m] = v
-    if "delta/ndcg@10" in summary:
-        res["deltas"] = {
-            m.removeprefix("delta/"): {
-                "delta": v,
-                "ci95": pair("delta_ci_low", "delta_ci_high", m.removeprefix("delta/")),
-            }
-            for m, v in summary.items()
-            if m.startswith("delta/")
-        }
-        res["verdict"] = {"accept": bool(summary.get("verdict/accept"))}
-    return res
+results_from_wandb = results_of  # a W&B run's config + summary, shaped like results.json
 
 
 def collect_wandb(path: str) -> Report:

@@ -1,5 +1,6 @@
-"""Experiment tracking: W&B (online, offline or disabled) or nothing."""
+"""Experiment tracking and run outputs: W&B (online, offline or disabled) or nothing, results.json and the
+mapping between the two."""
 
-from medret.tracking.wandb_run import RunTracker, start_tracker
+from medret.tracking.wandb_run import RunTracker, check_logger, start_tracker
 
-__all__ = ["RunTracker", "start_tracker"]
+__all__ = ["RunTracker", "check_logger", "start_tracker"]

@@ -78,6 +78,14 @@ def run_identity(run_dir: Path) -> str:
     return hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def check_logger(cfg: LoggerConfig) -> None:
+    """Logger options, checked before any work (not after a whole run)."""
+    if cfg.name not in ("wandb", "none"):
+        raise InputError(f"logger.name={cfg.name!r}: expected wandb or none")
+    if cfg.name == "wandb" and cfg.mode not in ("online", "offline", "disabled"):
+        raise InputError(f"logger.mode={cfg.mode!r}: expected online, offline or disabled")
+
+
 def start_tracker(
     cfg: LoggerConfig,
     run_dir: Path,
@@ -86,12 +94,9 @@ def start_tracker(
     job_type: str = "evaluate",
     tags: list[str] | None = None,
 ) -> RunTracker:
+    check_logger(cfg)
     if cfg.name == "none":
         return RunTracker(None, False)
-    if cfg.name != "wandb":
-        raise InputError(f"logger.name={cfg.name!r}: expected wandb or none")
-    if cfg.mode not in ("online", "offline", "disabled"):
-        raise InputError(f"logger.mode={cfg.mode!r}: expected online, offline or disabled")
     # W&B's side directories default to the user's home; keep them with the run unless set.
     for var, sub in (
         ("WANDB_CACHE_DIR", "cache"),

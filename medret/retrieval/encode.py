@@ -1,4 +1,5 @@
-"""Streaming encode: records in shards, each cached on disk, so memory does not grow with the corpus."""
+"""Streaming encode through the shard cache: records in shards, each cached on disk, so memory
+stays flat as the corpus grows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medret.cache import ShardStore, cache_key
+from medret.config import CacheConfig
 from medret.data import RetrievalDataset
 from medret.data.passages import split_passages
 from medret.errors import InputError
@@ -17,6 +19,16 @@ from medret.errors import InputError
 log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 10_000  # first vectors kept in memory for fidelity (cosine vs fp32)
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What encoding reads of the config: the cache, passage splitting and the batch size."""
+
+    cache: CacheConfig
+    passage_tokens: int = 0
+    passage_stride: int = 0
+    batch_size: int = 64
 
 
 @dataclass
@@ -42,18 +54,18 @@ class CorpusEmbeddings:
             yield from self.store.iter_vectors()
 
 
-def corpus_store(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> ShardStore | None:
+def corpus_store(encoder, data: RetrievalDataset, cfg: EncodeSettings, root, key_parts: dict) -> ShardStore | None:
     c = cfg.cache
     meta = {
         **key_parts,
         "corpus": data.corpus_fingerprint,
         "encoder": vars(encoder.settings),
-        "passages": [cfg.data.passage_tokens, cfg.data.passage_stride],
+        "passages": [cfg.passage_tokens, cfg.passage_stride],
     }
     return ShardStore(root, cache_key(meta), meta, data.num_docs, c.shard_size, c.dtype) if c.enabled else None
 
 
-def encode_one_shard(encoder, data: RetrievalDataset, cfg, root, key_parts: dict, i: int) -> dict:
+def encode_one_shard(encoder, data: RetrievalDataset, cfg: EncodeSettings, root, key_parts: dict, i: int) -> dict:
     """Encode shard ``i`` into the cache (a SLURM array task); a later full run reads it."""
     store = corpus_store(encoder, data, cfg, root, key_parts)
     if store is None:
@@ -66,9 +78,9 @@ def encode_one_shard(encoder, data: RetrievalDataset, cfg, root, key_parts: dict
     if store.load(i) is not None:
         return {"shard": i, "shards": store.num_shards, "encoded": False, "dir": str(store.dir)}
     a, b = store.record_range(i)
-    passages = split_passages(data.doc_texts[a:b], encoder.tokenizer, cfg.data.passage_tokens, cfg.data.passage_stride)
+    passages = split_passages(data.doc_texts[a:b], encoder.tokenizer, cfg.passage_tokens, cfg.passage_stride)
     t0 = time.perf_counter()
-    emb = encoder.encode(passages.texts, cfg.model.batch_size, desc=f"documents {i + 1}/{store.num_shards}")
+    emb = encoder.encode(passages.texts, cfg.batch_size, desc=f"documents {i + 1}/{store.num_shards}")
     store.save(i, emb, passages.doc_index + a)
     return {
         "shard": i,
@@ -80,7 +92,7 @@ def encode_one_shard(encoder, data: RetrievalDataset, cfg, root, key_parts: dict
     }
 
 
-def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> CorpusEmbeddings:
+def encode_corpus(encoder, data: RetrievalDataset, cfg: EncodeSettings, root, key_parts: dict) -> CorpusEmbeddings:
     c = cfg.cache
     store = corpus_store(encoder, data, cfg, root, key_parts)
     n_shards = store.num_shards if store else max(1, -(-data.num_docs // c.shard_size))
@@ -91,11 +103,9 @@ def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -
         a, b = i * c.shard_size, min((i + 1) * c.shard_size, data.num_docs)
         got = store.load(i) if store else None
         if got is None:
-            passages = split_passages(
-                data.doc_texts[a:b], encoder.tokenizer, cfg.data.passage_tokens, cfg.data.passage_stride
-            )
+            passages = split_passages(data.doc_texts[a:b], encoder.tokenizer, cfg.passage_tokens, cfg.passage_stride)
             t0 = time.perf_counter()
-            emb = encoder.encode(passages.texts, cfg.model.batch_size, desc=f"documents {i + 1}/{n_shards}")
+            emb = encoder.encode(passages.texts, cfg.batch_size, desc=f"documents {i + 1}/{n_shards}")
             spent += time.perf_counter() - t0
             own = passages.doc_index + a
             encoded += len(emb)
@@ -121,7 +131,9 @@ def encode_corpus(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -
     )
 
 
-def encode_queries(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) -> tuple[np.ndarray, float, bool]:
+def encode_queries(
+    encoder, data: RetrievalDataset, cfg: EncodeSettings, root, key_parts: dict
+) -> tuple[np.ndarray, float, bool]:
     """Query embeddings (cached as one shard); returns (embeddings, seconds spent encoding, cache hit)."""
     c = cfg.cache
     meta = {**key_parts, "queries": data.queries_fingerprint(), "encoder": vars(encoder.settings)}
@@ -131,7 +143,7 @@ def encode_queries(encoder, data: RetrievalDataset, cfg, root, key_parts: dict) 
     if got is not None:
         return got[0], 0.0, True
     t0 = time.perf_counter()
-    emb = encoder.encode(list(data.query_texts), cfg.model.batch_size, desc="queries")
+    emb = encoder.encode(list(data.query_texts), cfg.batch_size, desc="queries")
     spent = time.perf_counter() - t0
     if store:
         store.save(0, emb, np.arange(n))

@@ -1,0 +1,56 @@
+"""Model folders written whole or not at all: a fine-tuned export (HF + sentence-transformers files)
+and a packed quantized model (``quant.save_dir``, QAT output) that evaluate loads without re-quantizing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from medret.models.encoder import Retriever, TextEncoder
+from medret.models.st_files import write_sentence_transformers_files
+from medret.quant.persist import MANIFEST, manifest
+from medret.storage import atomic_dir
+
+Unwrap = Callable[[nn.Module], nn.Module]
+
+
+def _targets(retriever: Retriever, root: Path) -> list[tuple[TextEncoder, Path]]:
+    """A shared model goes to the folder itself; a query/document pair to two sub-folders."""
+    encoders = retriever.encoders()
+    if len(encoders) == 1:
+        return [(encoders[0], root)]
+    return [(retriever.doc, root / "doc_encoder"), (retriever.query, root / "query_encoder")]
+
+
+def _write_encoder(enc: TextEncoder, model: nn.Module, folder: Path, quant_info: dict | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if quant_info is None:
+        model.save_pretrained(folder)
+    else:  # packed buffers are not HF parameters: write the state dict and the manifest that rebuilds it
+        model.config.save_pretrained(folder)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
+        )
+        (folder / MANIFEST).write_text(manifest(model, quant_info))
+    enc.tokenizer.save_pretrained(folder)
+    s = enc.settings
+    write_sentence_transformers_files(folder, s.pooling, s.normalize, s.max_length, enc.dim)
+
+
+def export(retriever: Retriever, out: Path, unwrap: Unwrap = lambda m: m) -> Path:
+    """The retriever's (fp32, possibly fine-tuned) weights as an HF + sentence-transformers dir."""
+    with atomic_dir(Path(out)) as tmp:
+        for enc, folder in _targets(retriever, tmp):
+            _write_encoder(enc, unwrap(enc.model), folder, None)
+    return Path(out)
+
+
+def save_quantized(retriever: Retriever, out: Path, quant_info: dict) -> Path:
+    """Packed codes, codebooks, scales and outliers as safetensors, plus ``medret_quant.json``."""
+    with atomic_dir(Path(out)) as tmp:
+        for enc, folder in _targets(retriever, tmp):
+            _write_encoder(enc, enc.model, folder, quant_info)
+    return Path(out)

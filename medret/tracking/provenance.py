@@ -1,0 +1,52 @@
+"""What ran where: library versions, the git commit, the device and peak memory of a run."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import medret
+
+PACKAGES = ("torch", "transformers", "faiss-cpu", "faiss-gpu-cu12", "numpy", "bitsandbytes", "hydra-core", "wandb")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "medret": medret.__version__}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> dict[str, Any]:
+    root = Path(medret.__file__).resolve().parent.parent
+    git = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)  # noqa: E731
+    try:
+        head = git("rev-parse", "HEAD")
+        head.check_returncode()
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def peak_memory(device: torch.device) -> dict[str, int]:
+    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
+def device_info(device: torch.device, placement: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"encoder": str(device), "index": placement, "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
