@@ -78,12 +78,16 @@ class QuantConfig:
     blocksize: int = 64
     double_quant: bool = False
     compute_dtype: str = "float32"
-    # which nn.Linear modules (fnmatch on module names); embeddings and LayerNorm are never touched
+    # which nn.Linear modules (fnmatch on module names); LayerNorm is never touched
     include: list[str] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=lambda: ["pooler.*"])
     # per-module overrides: {pattern: {bits: 8}} or {pattern: {name: none}} (mixed precision)
     overrides: dict[str, Any] = field(default_factory=dict)
     save_dir: str | None = None  # write the quantized model here (safetensors); evaluate loads it
+    embeddings: bool = False  # also quantize the word-embedding table (row-wise groups; bnb's own modules)
+    # custom schemes: decode the packed weights once after quantizing (runs at fp32 speed), or on every
+    # forward (per_forward: only the packed codes stay resident; for memory measurements)
+    decode: str = "once"
 
 
 @dataclass

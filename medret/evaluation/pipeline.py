@@ -22,7 +22,15 @@ from medret.index import check_gpu_limits
 from medret.index.faiss_index import choose_placement
 from medret.models import Retriever, load_retriever
 from medret.models.saving import save_quantized
-from medret.quant import needs_calibration, quant_identity, quantize_retriever, scheme, state_bytes, validate
+from medret.quant import (
+    decode_resident,
+    needs_calibration,
+    quant_identity,
+    quantize_retriever,
+    scheme,
+    state_bytes,
+    validate,
+)
 from medret.retrieval import Retrieval, RetrievalSettings, encode_one_shard, model_identity, retrieve
 from medret.storage import write_json
 from medret.tracking import check_logger, start_tracker
@@ -78,8 +86,10 @@ def quantize_stage(retriever: Retriever, data, cfg: EvaluateConfig) -> tuple[dic
     if cfg.quant.save_dir and cfg.quant.name != "none":
         info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), info))
     qkey = {"name": "none"} if cfg.quant.name == "none" else quant_identity(cfg.quant)
-    if cfg.model.adapter:
+    if cfg.model.adapter:  # LoRA wraps the packed modules: they stay packed, decoded per forward
         qkey = {**qkey, "adapter": attach_adapter(retriever, cfg, info)}
+    else:
+        info.update(decode_resident(retriever, cfg.quant))
     return info, qkey
 
 
@@ -140,6 +150,8 @@ def build_results(
             "embedding_bytes": int(out.corpus.num_vectors * out.corpus.dim * 4),
             "index_bytes": out.index["bytes"],
             "embedding_dim": int(out.corpus.dim),
+            "by_part": quant_info["bytes_by_part"],
+            "effective_bits_per_param_all": quant_info["effective_bits_per_param_all"],
         },
         "quant": quant_info,
         "index": out.index,

@@ -12,20 +12,40 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from medret.quant.apply import as_config, needs_calibration, quant_identity, quantize_model, state_bytes, validate
+from medret.quant.apply import (
+    as_config,
+    decode_once,
+    needs_calibration,
+    quant_identity,
+    quantize_model,
+    state_bytes,
+    validate,
+)
+from medret.quant.embedding import QuantEmbedding
 from medret.quant.linear import QuantLinear
 from medret.quant.registry import names, scheme
+from medret.quant.sizes import PARTS, bytes_by_part, param_count
 
-__all__ = ["names", "needs_calibration", "quant_identity", "quantize_retriever", "scheme", "state_bytes", "validate"]
+__all__ = [
+    "decode_resident",
+    "model_sizes",
+    "names",
+    "needs_calibration",
+    "quant_identity",
+    "quantize_retriever",
+    "scheme",
+    "state_bytes",
+    "validate",
+]
 
 
 def _packed_info(encoders: list) -> dict[str, Any]:
     """A model saved packed (quant.save_dir, train=qat) loads as QuantLinear: report its real bits."""
     packed = [
-        (m.state().effective_bits(), m.in_features * m.out_features)
+        (m.state().effective_bits(), m.state().numel)
         for e in encoders
         for m in e.model.modules()
-        if isinstance(m, QuantLinear)
+        if isinstance(m, (QuantLinear, QuantEmbedding))
     ]
     if not packed:
         return {"effective_bits_per_param": 32.0}
@@ -39,6 +59,7 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     validate(cfg)
     encoders = retriever.encoders()
     fp32_bytes = sum(state_bytes(e.model) for e in encoders)
+    n_params = sum(param_count(e.model) for e in encoders)  # as loaded: the "per parameter" of bits/param
     info: dict[str, Any] = {"scheme": cfg.name, "bits": cfg.bits}
     s = scheme(cfg.name)
     if s.kind == "cast":
@@ -66,6 +87,35 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
         )
         if s.kind == "bnb" and s.bits == 4:
             info["bnb_4bit_compute_dtype_requested"] = cfg.compute_dtype
-    info["model_bytes"] = sum(state_bytes(e.model) for e in encoders)
+    info.update(model_sizes(encoders, n_params))
     info["fp32_model_bytes"] = fp32_bytes
     return info
+
+
+def model_sizes(encoders: list, n_params: int) -> dict[str, Any]:
+    """Whole-model bytes, by part, and bits per parameter over every parameter of the model."""
+    parts = dict.fromkeys(PARTS, 0)
+    for e in encoders:
+        for k, v in bytes_by_part(e.model).items():
+            parts[k] += v
+    total = sum(parts.values())
+    return {
+        "model_bytes": total,
+        "bytes_by_part": parts,
+        "params_all": n_params,
+        "effective_bits_per_param_all": 8 * total / n_params if n_params else None,
+    }
+
+
+def decode_resident(retriever, cfg) -> dict[str, Any]:
+    """``quant.decode=once``: packed custom weights decoded once into dense fp32 modules (fp32 speed);
+    the sizes reported stay those of the packed model. Returns what ran and what is resident."""
+    cfg = as_config(cfg)
+    n = 0
+    if cfg.decode == "once":
+        n = sum(decode_once(e.model) for e in retriever.encoders())
+    return {
+        "decode": cfg.decode if n else "none",
+        "decoded_modules": n,
+        "resident_bytes": sum(state_bytes(e.model) for e in retriever.encoders()),
+    }

@@ -18,8 +18,10 @@ from medret.errors import InputError
 from medret.quant import outliers
 from medret.quant.bnb import BNB_DEVICES, dequantized_weight, probe_compute_dtype, replace_linear
 from medret.quant.calibration import squared_gradients
+from medret.quant.embedding import QuantEmbedding, bnb_embedding, word_embeddings
 from medret.quant.linear import QuantLinear
 from medret.quant.registry import names, scheme
+from medret.quant.sizes import bytes_by_part, tensor_bytes
 from medret.quant.state import QuantState, dequantize
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,10 @@ def as_config(cfg: Any) -> QuantConfig:
 def quant_identity(cfg) -> dict:
     """The quant settings that change the weights (cache keys, adapter checks): not where they are saved."""
     d = dataclasses.asdict(as_config(cfg))
-    d.pop("save_dir", None)
+    for key in ("save_dir", "decode"):  # where it is saved and when it is decoded change no embedding
+        d.pop(key, None)
+    if not d["embeddings"]:
+        d.pop("embeddings")  # keeps the cache keys of runs from before the option existed
     return d
 
 
@@ -69,6 +74,8 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
         _check_bnb(cfg, device)
     if s.check is not None:
         s.check(cfg)
+    if cfg.decode not in ("once", "per_forward"):
+        raise InputError(f"quant.decode={cfg.decode!r}: expected once or per_forward")
     if cfg.save_dir and s.kind != "custom":
         raise InputError(
             f"quant.save_dir: only the custom schemes ({', '.join(names('custom'))}) are saved, not {cfg.name}"
@@ -178,6 +185,29 @@ def _custom_layer(
     return QuantLinear.from_state(state, lin.bias).to(device), report
 
 
+def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, device: torch.device) -> dict:
+    """The word-embedding table with the run's scheme and bits (row-wise groups); returns its layer report."""
+    found = word_embeddings(model)
+    if found is None:
+        raise InputError("quant.embeddings=true: this model has no input embedding table to quantize")
+    name, emb = found
+    spec = spec_for(name, cfg)
+    w = emb.weight.detach().float().cpu()
+    if scheme(spec.name).kind == "bnb":
+        new = bnb_embedding(emb, spec.name, device)
+        report = {"bits": scheme(spec.name).bits, "effective_bits": 8 * tensor_bytes(new.weight) / w.numel()}
+        w_hat = new(torch.arange(w.shape[0], device=device)).float().cpu()
+    else:  # a fitted codebook per row group; Fisher weights are for linears: plain k-means here
+        gs = group_size_for(w, spec, name)
+        state = quantize_weight(w, spec, gs, None)
+        new = QuantEmbedding.from_state(state, emb.padding_idx).to(device)
+        report = {"bits": spec.bits, "group_size": gs, "effective_bits": state.effective_bits()}
+        w_hat = dequantize(state)
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    return {"name": name, "scheme": spec.name, **report, "params": w.numel(), **error_stats(w, w_hat)}
+
+
 def quantize_model(
     model: nn.Module, tokenizer, cfg: QuantConfig, calibration: list[str] | None, pooling: str, max_length: int
 ) -> dict[str, Any]:
@@ -202,6 +232,8 @@ def quantize_model(
         layers.append(report)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    if cfg.embeddings:
+        layers.append(_quantize_embeddings(model, cfg, device))
     total = sum(x["params"] for x in layers)
     return {
         "layers": layers,
@@ -212,4 +244,25 @@ def quantize_model(
 
 
 def state_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+    return sum(bytes_by_part(model).values())
+
+
+def decode_once(model: nn.Module) -> int:
+    """Replace each packed QuantLinear / QuantEmbedding by a dense fp32 module of its decoded weights:
+    the same numbers the per-forward decode gives, without decoding on every batch. Returns how many."""
+    n = 0
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, QuantLinear):
+            dense = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+            if mod.bias is not None:
+                dense.bias.data = mod.bias.detach().float().clone()
+        elif isinstance(mod, QuantEmbedding):
+            dense = nn.Embedding(mod.num_embeddings, mod.embedding_dim, padding_idx=mod.padding_idx)
+        else:
+            continue
+        dense.weight.data = dequantize(mod.state()).float()
+        dense.requires_grad_(False)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, dense.to(mod.codebook.device))
+        n += 1
+    return n

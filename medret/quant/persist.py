@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from medret.errors import InputError
+from medret.quant.embedding import QuantEmbedding
 from medret.quant.linear import QuantLinear
 from medret.quant.state import QuantState
 
@@ -31,14 +32,17 @@ def packed_modules(model: torch.nn.Module) -> dict[str, dict]:
     """The manifest entry of every QuantLinear: shapes and dtypes to rebuild it before loading."""
     modules = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, QuantLinear):
+        if isinstance(mod, (QuantLinear, QuantEmbedding)):
             present = {n: list(getattr(mod, n).shape) for n in QuantState.TENSORS if getattr(mod, n) is not None}
+            shape = mod.state().shape
             modules[name] = {
-                "in": mod.in_features,
-                "out": mod.out_features,
+                "kind": "embedding" if isinstance(mod, QuantEmbedding) else "linear",
+                "in": shape[1],
+                "out": shape[0],
                 "bits": mod.bits,
                 "group_size": mod.group_size,
-                "bias": mod.bias is not None,
+                "bias": getattr(mod, "bias", None) is not None,
+                "padding_idx": getattr(mod, "padding_idx", None),
                 "tensors": present,
                 "dtypes": {n: str(getattr(mod, n).dtype).removeprefix("torch.") for n in present},
             }
@@ -61,7 +65,10 @@ def load_quantized(path: str, trust_remote_code: bool = False) -> torch.nn.Modul
         if name not in modules:
             raise InputError(f"{root / MANIFEST}: module {name!r} not in the model built from config.json")
         parent_name, _, attr = name.rpartition(".")
-        mod = QuantLinear(spec["in"], spec["out"], spec["bits"], spec["group_size"], spec["bias"])
+        if spec.get("kind") == "embedding":
+            mod = QuantEmbedding(spec["out"], spec["in"], spec["bits"], spec["group_size"], spec["padding_idx"])
+        else:
+            mod = QuantLinear(spec["in"], spec["out"], spec["bits"], spec["group_size"], spec["bias"])
         mod.allocate(spec["tensors"], spec["dtypes"])
         setattr(modules[parent_name] if parent_name else model, attr, mod)
     model.load_state_dict(load_file(str(root / "model.safetensors")), strict=True)

@@ -27,13 +27,31 @@ def write_run_files(run_dir: Path, results: dict, rows: list[dict], ranked: dict
     write_json(run_dir / "results.json", results)
 
 
+def _flat(prefix: str, d: dict) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(f"{prefix}/{k}", v) if isinstance(v, dict) else {f"{prefix}/{k}": v})
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        *parents, leaf = k.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
 def summary_of(results: dict[str, Any]) -> dict[str, Any]:
     """results.json -> flat W&B summary keys (numbers and the data set name only: never text)."""
     q = results.get("quant", {})
     out: dict[str, Any] = {
         **results["metrics"],
         **{f"throughput/{k}": v for k, v in results["throughput"].items() if v is not None},
-        **{f"size/{k}": v for k, v in results["sizes"].items()},
+        **_flat("size", results["sizes"]),
         **{f"index/{k}": v for k, v in results["index"].items() if isinstance(v, (int, float))},
         **{f"ci95_low/{m}": v[0] for m, v in results["metrics_ci95"].items()},
         **{f"ci95_high/{m}": v[1] for m, v in results["metrics_ci95"].items()},
@@ -75,7 +93,7 @@ def results_of(config: dict, summary: dict) -> dict:
             "effective_bits_per_param": summary.get("quant/effective_bits_per_param"),
             "model_bytes": summary.get("quant/model_bytes", summary.get("size/model_param_bytes", 0)),
         },
-        "sizes": {"model_param_bytes": 0, **prefixed("size/")},
+        "sizes": {"model_param_bytes": 0, **_nest(prefixed("size/"))},
         "throughput": {"encode_docs_per_s": None, "search_qps": None, **prefixed("throughput/")},
         "index": prefixed("index/"),
         "data": {"name": summary.get("data/name", config["data"].get("name"))},
