@@ -1,17 +1,26 @@
-"""python -m medret.report: table, CSV, PNG plots; partial jobs listed; mixed datasets refused."""
+"""python -m medret.report: table, CSV, PNG plots; partial jobs listed; one section and PNG set per data set."""
 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from medret.errors import InputError
 from medret.evaluation import run_evaluate
-from medret.report import pareto_front, write_report
+from medret.report import (
+    deploy_bytes,
+    encode_rate,
+    pareto_front,
+    pareto_front_max,
+    retention_points,
+    sanitize,
+    score_of,
+    write_report,
+)
 from tests.test_evaluate import compose_cfg, tiny_overrides
 
 
@@ -47,24 +56,37 @@ def test_report_table_csv_and_plots(sweep):
     import matplotlib.image as mpimg
 
     pngs = [f for f in files if f.suffix == ".png"]
-    assert {p.name for p in pngs} == {"pareto_size_ndcg10.png", "category_delta_ndcg10.png"}
+    assert {p.name for p in pngs} == {
+        "pareto_size_ndcg10.png",
+        "category_delta_ndcg10.png",
+        "pareto_speed_ndcg10.png",
+        "retention_bits.png",
+    }
     for p in pngs:
         img = mpimg.imread(p)
         assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01  # a drawn figure, not blank
 
 
-def test_mixed_datasets_are_refused_and_cli_reports_it(sweep, tiny_bert, tmp_path):
+def test_runs_of_several_datasets_report_per_dataset_and_cli_reports_it(sweep, tiny_bert, tmp_path):
+    # a sweep over data.seed is several data sets: one section and one PNG set each, not an error
     other = tmp_path / "other"
     run_evaluate(compose_cfg(*tiny_overrides(tiny_bert, "logger=none", "data.seed=99")), other / "0")
-    with pytest.raises(InputError, match="mixed datasets in one report"):
-        write_report([sweep, other], tmp_path / "out")
+    rep, files = write_report([sweep, other], tmp_path / "out")
+    groups = rep.by_dataset()
+    assert len(groups) == 2 and sorted(len(g.rows) for g in groups.values()) == [1, 3]
+    md = (tmp_path / "out" / "report.md").read_text()
+    names = {p.name for p in files}
+    for name in groups:
+        assert f"## {name}" in md and f"pareto_size_ndcg10_{sanitize(name)}.png" in names
+    assert "pareto_size_ndcg10.png" not in names  # suffixed when there is more than one data set
     proc = subprocess.run(
         [sys.executable, "-m", "medret.report", str(sweep), str(other), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2 and proc.stderr.startswith("error: mixed datasets in one report")
+    assert proc.returncode == 0 and "2 data sets" in proc.stdout, proc.stderr
+    assert len(list((tmp_path / "o").glob("pareto_size_ndcg10_*.png"))) == 2
     proc = subprocess.run(
         [sys.executable, "-m", "medret.report", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=300
     )
@@ -113,3 +135,184 @@ def test_rows_from_a_wandb_run_equal_rows_from_its_results_json(tiny_bert, tmp_p
         "qps",
     ):
         assert from_wandb[key] == from_file[key], key
+
+
+# --- fake results.json files: the report's logic and plots without running a model ---
+
+FP32_NDCG = 0.645
+MINILM_MB = 90.9
+
+
+def fake_result(
+    scheme: str,
+    bits: int | None,
+    eff: float,
+    mb: float,
+    ndcg: float,
+    docs_s: float | None,
+    *,
+    runtime: tuple[str, str, float] | None = None,
+    threads: int = 2,
+    dataset: str = "synthetic-300-s1-test",
+) -> dict:
+    """A results.json as evaluate writes it now (runtime: (name, quantize mode, MB on disk))."""
+    res = {
+        "config": {"model": {"name": "minilm"}, "quant": {"name": scheme, "bits": bits}, "index": {"name": "flat"}},
+        "data": {"name": dataset, "num_docs": 300, "num_queries": 40},
+        "metrics": {"ndcg@10": ndcg, "recall@100": 0.9, "precision@10": 0.08, "f1@10": 0.15},
+        "metrics_ci95": {"ndcg@10": [ndcg - 0.04, ndcg + 0.04]},
+        "by_category": {"negation": {"ndcg@10": ndcg}, "abbreviation": {"ndcg@10": ndcg}},
+        "throughput": {"encode_docs_per_s": docs_s, "search_qps": 9000.0},
+        "sizes": {"model_param_bytes": int(mb * 1e6), "fp32_model_param_bytes": int(MINILM_MB * 1e6)},
+        "quant": {
+            "scheme": scheme,
+            "bits": bits,
+            "effective_bits_per_param": eff,
+            # embeddings stay fp32 in the custom schemes: over all parameters the bits are higher
+            "effective_bits_per_param_all": eff if scheme in ("none", "fp16") else eff + 6.0,
+            "model_bytes": int(mb * 1e6),
+        },
+        "index": {"factory": "Flat"},
+        "device": {"encoder": "cpu", "index": "cpu", "cpu_threads": threads},
+        "runtime": {"name": "torch", "quantize": "none", "bytes_on_disk": None, "threads": threads},
+    }
+    if runtime:
+        name, mode, disk_mb = runtime
+        res["runtime"] = {"name": name, "quantize": mode, "bytes_on_disk": int(disk_mb * 1e6), "threads": threads}
+    if scheme != "none" or runtime:
+        delta = ndcg - FP32_NDCG
+        res["deltas"] = {"ndcg@10": {"fp32": FP32_NDCG, "delta": delta, "ci95": [delta - 0.02, delta + 0.02]}}
+        res["verdict"] = {"accept": delta > -0.01, "max_drop": 0.01}
+        for cat in res["by_category"].values():
+            cat["delta_ndcg@10"] = delta
+    return res
+
+
+FAKE_RUNS = {  # name -> fake_result args: MiniLM-sized numbers like a real SciFact sweep's
+    "none": ("none", None, 32.0, MINILM_MB, FP32_NDCG, 14.0),
+    "fp16": ("fp16", None, 16.0, 45.4, FP32_NDCG, 30.0),
+    "uniform-2": ("uniform", 2, 2.25, 51.4, 0.006, 9.0),
+    "uniform-4": ("uniform", 4, 4.25, 54.0, 0.631, 27.0),
+    "uniform-8": ("uniform", 8, 8.26, 59.4, 0.646, 29.0),
+    "nf-2": ("nf", 2, 2.25, 51.4, 0.022, 9.4),
+    "nf-3": ("nf", 3, 3.25, 52.7, 0.612, 13.5),
+    "nf-4": ("nf", 4, 4.25, 54.0, 0.6447, None),  # embeddings from the cache: no encode timing
+    "nf-8": ("nf", 8, 8.26, 59.4, 0.6472, 28.6),
+    "bnb_int8": ("bnb_int8", 8, 8.06, 59.1, 0.6463, 9.1),
+}
+RUNTIME_RUNS = {  # name -> (args, runtime): exported runtimes, sized by their files on disk
+    "onnx-int8": (("none", None, 32.0, MINILM_MB, 0.640, 60.0), ("onnx", "dynamic_int8", 23.0)),
+    "ov-int4": (("none", None, 32.0, MINILM_MB, 0.610, 45.0), ("openvino", "int4_weights", 16.5)),
+}
+
+
+def write_fake_sweep(root: Path, dataset: str = "synthetic-300-s1-test") -> Path:
+    for name, args in FAKE_RUNS.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "results.json").write_text(json.dumps(fake_result(*args, dataset=dataset)))
+    for name, (args, rt) in RUNTIME_RUNS.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "results.json").write_text(json.dumps(fake_result(*args, runtime=rt, dataset=dataset)))
+    (root / "uniform-4-t4").mkdir()  # the same run on 4 threads: its speed is not comparable to 2 threads'
+    (root / "uniform-4-t4" / "results.json").write_text(
+        json.dumps(fake_result(*FAKE_RUNS["uniform-4"][:5], 50.0, threads=4, dataset=dataset))
+    )
+    return root
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.is_file() and path.stat().st_size > 10_000, path
+    img = mpimg.imread(path)
+    assert img.shape[0] > 300 and img.shape[1] > 600 and img.std() > 0.01, path  # drawn, not blank
+
+
+def test_fake_sweep_plots_fronts_and_table_columns(tmp_path):
+    root = write_fake_sweep(tmp_path / "sweep")
+    rep, files = write_report([root])
+    assert len(rep.rows) == 13 and not rep.partial
+    pngs = {p.name: p for p in files if p.suffix == ".png"}
+    assert set(pngs) == {
+        "pareto_size_ndcg10.png",
+        "pareto_speed_ndcg10_cpu-2t.png",  # two device/threads groups: one PNG each
+        "pareto_speed_ndcg10_cpu-4t.png",
+        "retention_bits.png",
+        "category_delta_ndcg10.png",
+    }
+    for p in pngs.values():
+        _png_ok(p)
+    names = [r["run"].split("/")[-1] for r in rep.rows]
+
+    # (a) x is the deployable model: the runtime's files for onnx/openvino, the torch parameters otherwise
+    size = [(deploy_bytes(r), score_of(r)) for r in rep.results]
+    assert [names[i] for i in pareto_front(size)] == ["ov-int4", "onnx-int8", "fp16", "bnb_int8", "nf-8"]
+    # (b) within cpu/2 threads, the untimed (cached) nf-4 left out: faster and better
+    two = [(r, n) for r, n in zip(rep.results, names) if r["device"]["cpu_threads"] == 2 and encode_rate(r)]
+    speed = [(encode_rate(r), score_of(r)) for r, _ in two]
+    assert [two[i][1] for i in pareto_front_max(speed)] == ["nf-8", "uniform-8", "fp16", "onnx-int8"]
+    # (c) retention against the fp32 score in deltas; fp32 itself is 1.0
+    ret = {names[rep.results.index(r)]: y for r, _, y, _ in retention_points(rep.results)}
+    assert ret["none"] == 1.0 and abs(ret["nf-3"] - 0.612 / FP32_NDCG) < 1e-9 and len(ret) == 13
+
+    md = (root / "report.md").read_text()
+    assert "| runtime |" in md and "| disk_MB |" in md and "| eff_bits_all |" in md
+    assert "1 without an encode timing" in md and "pareto_speed_ndcg10_cpu-4t.png" in md
+    rows = {r["run"].split("/")[-1]: r for r in csv.DictReader((root / "report.csv").open())}
+    assert rows["onnx-int8"]["runtime"] == "onnx/dynamic_int8" and float(rows["onnx-int8"]["disk_MB"]) == 23.0
+    assert rows["nf-3"]["runtime"] == "torch" and rows["nf-3"]["disk_MB"] == ""
+    assert float(rows["nf-3"]["eff_bits_all"]) == 9.25 and float(rows["nf-3"]["eff_bits"]) == 3.25
+
+
+def test_pareto_front_max():
+    pts = [(10, 0.60), (30, 0.64), (20, 0.64), (5, 0.65), (30, 0.50), (40, 0.40)]
+    assert pareto_front_max(pts) == [3, 1, 5]  # (20, .64) is beaten by (30, .64); x ties keep the better
+
+
+def old_style(res: dict) -> dict:
+    """What an evaluate run before runtimes wrote: no runtime, device, all-parameter bits, fp32 in deltas."""
+    res = json.loads(json.dumps(res))
+    for key in ("runtime", "device", "metrics_ci95", "by_category"):
+        res.pop(key)
+    res["quant"].pop("effective_bits_per_param_all")
+    for d in res.get("deltas", {}).values():
+        d.pop("fp32")
+    return res
+
+
+def test_old_results_without_the_new_keys_still_report(tmp_path):
+    root = tmp_path / "old"
+    for name in ("none", "uniform-4", "nf-3", "nf-4"):
+        (root / name).mkdir(parents=True)
+        (root / name / "results.json").write_text(json.dumps(old_style(fake_result(*FAKE_RUNS[name]))))
+    rep, files = write_report([root])
+    assert len(rep.rows) == 4 and not rep.partial
+    assert {r["runtime"] for r in rep.rows} == {"torch"} and {r["disk_MB"] for r in rep.rows} == {""}
+    assert {r["eff_bits_all"] for r in rep.rows} == {""}
+    pngs = {p.name: p for p in files if p.suffix == ".png"}
+    assert set(pngs) == {"pareto_size_ndcg10.png", "pareto_speed_ndcg10.png", "retention_bits.png"}
+    for p in pngs.values():
+        _png_ok(p)
+    ret = {rep.rows[rep.results.index(r)]["run"].split("/")[-1]: y for r, _, y, _ in retention_points(rep.results)}
+    assert abs(ret["nf-3"] - 0.612 / FP32_NDCG) < 1e-9  # fp32 = score - delta when deltas lack it
+    assert "unknown, default threads: 4 runs, 1 without an encode timing" in (root / "report.md").read_text()
+
+
+def test_fake_datasets_get_suffixed_pngs_and_one_section_each(tmp_path):
+    root = tmp_path / "seeds"
+    for seed in (1, 2):
+        write_fake_sweep(root / f"seed{seed}", dataset=f"synthetic-300-s{seed}-test")
+    rep, files = write_report([root])
+    assert len(rep.by_dataset()) == 2 and len(rep.rows) == 26
+    md = (root / "report.md").read_text()
+    assert md.startswith("# medret report: 2 data sets")
+    assert "## synthetic-300-s1-test" in md and "## synthetic-300-s2-test" in md
+    names = {p.name for p in files}
+    for seed in (1, 2):
+        sfx = f"_synthetic-300-s{seed}-test"
+        assert {f"pareto_size_ndcg10{sfx}.png", f"retention_bits{sfx}.png"} <= names
+        assert f"pareto_speed_ndcg10_cpu-4t{sfx}.png" in names and f"category_delta_ndcg10{sfx}.png" in names
+    assert {r["dataset"] for r in csv.DictReader((root / "report.csv").open())} == {
+        "synthetic-300-s1-test",
+        "synthetic-300-s2-test",
+    }

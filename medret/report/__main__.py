@@ -1,4 +1,4 @@
-"""python -m medret.report SWEEP_DIR... [--out DIR]"""
+"""python -m medret.report SWEEP_DIR... [--out DIR]: the trade-off table and PNGs, per data set."""
 
 import argparse
 import sys
@@ -21,7 +21,9 @@ def main() -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(rep.rows)} complete runs, {len(rep.partial)} partial; wrote " + ", ".join(map(str, files)))
+    n = len(rep.by_dataset())
+    sets = f"{n} data set" + ("s" if n != 1 else "")  # several: one table section and PNG set each
+    print(f"{len(rep.rows)} complete runs over {sets}, {len(rep.partial)} partial; wrote " + ", ".join(map(str, files)))
     for p in rep.partial:
         print(f"partial: {p}")
     return 0
