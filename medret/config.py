@@ -124,7 +124,7 @@ class RuntimeConfig:
     group_size: int = 64  # openvino int4_weights: weights per scale group (-1 = per channel)
     int4_mode: str = "int4_asym"  # openvino int4_weights: int4_sym | int4_asym | nf4
     ratio: float = 1.0  # openvino int4_weights: share of layers in 4 bits (the rest int8)
-    opset: int = 17
+    opset: int = 18  # torch's dynamo ONNX exporter writes opset 18 or later
 
 
 @dataclass

