@@ -21,8 +21,7 @@ from medret.quant.apply import (
     state_bytes,
     validate,
 )
-from medret.quant.embedding import QuantEmbedding
-from medret.quant.linear import QuantLinear
+from medret.quant.linear import PackedModule
 from medret.quant.registry import names, scheme
 from medret.quant.sizes import PARTS, bytes_by_part, param_count
 
@@ -45,7 +44,7 @@ def _packed_info(encoders: list) -> dict[str, Any]:
         (m.state().effective_bits(), m.state().numel)
         for e in encoders
         for m in e.model.modules()
-        if isinstance(m, (QuantLinear, QuantEmbedding))
+        if isinstance(m, PackedModule)
     ]
     if not packed:
         return {"effective_bits_per_param": 32.0}

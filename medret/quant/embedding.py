@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medret.quant.linear import PackedModule
 from medret.quant.packing import _BYTE_BITS
 from medret.quant.state import QuantState
 
@@ -56,35 +57,18 @@ def decode_rows(state: QuantState, rows: torch.Tensor, dtype: torch.dtype = torc
     return out
 
 
-class QuantEmbedding(nn.Module):
+class QuantEmbedding(PackedModule):
     """Holds a QuantState of an embedding table as buffers; ``forward`` decodes the looked-up rows only."""
 
     def __init__(self, num: int, dim: int, bits: int, group_size: int, padding_idx: int | None = None):
-        super().__init__()
+        super().__init__((num, dim), bits, group_size)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num, dim, padding_idx
-        self.bits, self.group_size = bits, group_size
-        for name in QuantState.TENSORS:
-            self.register_buffer(name, None)
 
     @classmethod
     def from_state(cls, state: QuantState, padding_idx: int | None = None) -> QuantEmbedding:
         mod = cls(state.shape[0], state.shape[1], state.bits, state.group_size, padding_idx)
-        for name in QuantState.TENSORS:
-            setattr(mod, name, getattr(state, name))
+        mod.load_state(state)
         return mod
-
-    def allocate(self, present: dict[str, list[int]], dtypes: dict[str, str]) -> None:
-        """Empty buffers of the saved shapes, so a saved state_dict loads without re-quantizing."""
-        for name, shape in present.items():
-            setattr(self, name, torch.empty(shape, dtype=getattr(torch, dtypes[name])))
-
-    def state(self) -> QuantState:
-        return QuantState(
-            (self.num_embeddings, self.embedding_dim),
-            self.bits,
-            self.group_size,
-            **{n: getattr(self, n) for n in QuantState.TENSORS},
-        )
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         uniq, inverse = torch.unique(ids, sorted=True, return_inverse=True)

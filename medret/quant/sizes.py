@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medret.quant.embedding import word_embeddings
+from medret.quant.linear import PackedModule, QuantLinear
 
 PARTS = ("linear", "embeddings", "other")
 
@@ -27,7 +28,7 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 
 def _is_linear(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or hasattr(m, "in_features") and hasattr(m, "planes")
+    return isinstance(m, (nn.Linear, QuantLinear))
 
 
 def bytes_by_part(model: nn.Module) -> dict[str, int]:
@@ -50,6 +51,6 @@ def param_count(model: nn.Module) -> int:
     """Parameters as an fp32 model has them: a packed module (loaded from quant.save_dir) counts its weight."""
     n = sum(p.numel() for p in model.parameters())
     for m in model.modules():
-        if getattr(m, "planes", None) is not None and hasattr(m, "state"):
+        if isinstance(m, PackedModule) and m.planes is not None:
             n += m.state().numel
     return n

@@ -179,16 +179,14 @@ def _info(
     ran: dict[str, Any],
     files: list[Path],
     names: tuple[str, ...],
-    **build: Any,
+    *,
+    cached: bool,
+    export_cached: bool,
+    build_s: float,
+    load_s: float,
+    key: str,
 ) -> dict[str, Any]:
     """The results.json block of a built runtime: what ran, how big, whether it was cached."""
-    cached, export_cached, build_s, load_s, key = (
-        build["cached"],
-        build["export_cached"],
-        build["build_s"],
-        build["load_s"],
-        build["key"],
-    )
     from_quant = bool(meta.get("from_medret_quant"))
     if cfg.quantize != "none":
         quantization = "deployed"  # integer weights on disk, integer (or int4-decompressing) kernels

@@ -9,6 +9,7 @@ quantized base and saves the adapters plus a merged fp32 model.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -298,8 +299,6 @@ def keep_best(s: Session, run_dir: Path, step: int) -> None:
 
 
 def _torch_bytes(obj) -> bytes:
-    import io
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
