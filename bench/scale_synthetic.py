@@ -7,15 +7,23 @@ The encode stage uses a small random BERT (hidden 64, 2 layers, MiniLM's tokeniz
 notes encode on a 2-core CPU; retrieval metrics of a random model mean nothing, the point is the
 streaming encode, the shard cache and the index/search stage over 1M vectors. Each size runs as its
 own ``evaluate.py`` process so its peak RSS is its own.
+
+A cheap check of the part that grows with the corpus apart from the index (minutes, not the ~40 of a
+full 1M run): ``--data-only`` loads the synthetic set and scores a seeded random run through the real
+per-query structures, no model, and reports each size's peak RSS above the process after imports.
+
+    .venv/bin/python bench/scale_synthetic.py --data-only --sizes 100000,1000000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +52,42 @@ def small_model(out: Path, hidden: int) -> Path:
     return out
 
 
+def measure_data(n: int, num_queries: int, depth: int = 100) -> dict:
+    """Peak RSS of loading a synthetic set and scoring a random run, above the process after imports."""
+    import numpy as np
+
+    from medret.config import DataConfig
+    from medret.data import load_dataset
+    from medret.metrics import evaluate_ranked
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    data = load_dataset(DataConfig(name="synthetic", num_records=n, num_queries=num_queries))
+    data.queries_fingerprint()
+    rng = np.random.default_rng(0)
+    # what the pipeline scores: each query's ranked records as indices (as retrieval's fold returns them)
+    ranked = np.stack([rng.choice(n, depth, replace=False) for _ in data.query_ids])
+    _, per_query = evaluate_ranked(ranked, data.qrels, [10, depth], data.query_ids)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "records": n,
+        "queries": len(data.query_ids),
+        "judgements": data.qrels.num_judgements,
+        "data_peak_MB": round((peak - base) / 2**20),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "ndcg@10": round(float(per_query["ndcg@10"].mean()), 6),
+    }
+
+
+def data_only(sizes: list[int], num_queries: int) -> None:
+    """Each size in its own process, so each peak is its own."""
+    for n in sizes:
+        code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from bench.scale_synthetic import measure_data; "
+        code += f"print(json.dumps(measure_data({n}, {num_queries})))"
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+        print(out.stdout.strip().splitlines()[-1], flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000,300000,1000000")
@@ -51,7 +95,11 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--index", default="flat")
     ap.add_argument("--keep-cache", action="store_true")
+    ap.add_argument("--data-only", action="store_true", help="cheap: data and per-query structures, no model")
+    ap.add_argument("--queries", type=int, default=200)
     args = ap.parse_args()
+    if args.data_only:
+        return data_only([int(s) for s in args.sizes.split(",")], args.queries)
     out = Path(args.out)
     model = small_model(out / "model", args.hidden)
     rows = []

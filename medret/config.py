@@ -125,6 +125,8 @@ class RuntimeConfig:
     int4_mode: str = "int4_asym"  # openvino int4_weights: int4_sym | int4_asym | nf4
     ratio: float = 1.0  # openvino int4_weights: share of layers in 4 bits (the rest int8)
     opset: int = 18  # torch's dynamo ONNX exporter writes opset 18 or later
+    # openvino: precision of the ops left in float (f32 | bf16; bf16 needs AVX512-BF16/AMX, else f32 runs)
+    precision: str = "f32"
 
 
 @dataclass
@@ -136,6 +138,7 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_text: bool = False  # opt in before any record or query text reaches W&B
+    init_timeout: float = 30.0  # seconds to wait for the W&B server before logging offline instead
 
 
 @dataclass

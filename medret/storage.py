@@ -20,8 +20,10 @@ from medret.errors import InputError
 
 
 def _disk_error(path: Path, e: OSError) -> Exception:
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return InputError(f"{path}: disk full while writing (free space or choose another folder)")
+    if e.errno == errno.EFBIG:  # a file-size limit (ulimit -f, a quota on file size)
+        return InputError(f"{path}: file too large for this file system or limit (choose another folder)")
     return e
 
 

@@ -1,5 +1,5 @@
 """Embedding shard cache: one encode per (model, quant) across index variants, resume after a real kill,
-corrupt shards re-encoded, foreign manifests and unwritable dirs refused, concurrent jobs safe."""
+corrupt shards re-encoded, foreign manifests and unwritable dirs refused (concurrent jobs: tests/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -128,21 +128,6 @@ def test_killed_encode_resumes_with_only_missing_shards_and_identical_results(ti
     clean = cli(tiny_bert, tmp_path / "cache2", tmp_path / "clean")
     assert clean.wait(timeout=600) == 0
     assert (tmp_path / "clean" / "run.trec").read_text() == (tmp_path / "resumed" / "run.trec").read_text()
-
-
-@pytest.mark.slow
-def test_concurrent_jobs_share_one_cache_without_corrupting_it(tiny_bert, tmp_path):
-    cache = tmp_path / "cache"
-    jobs = [cli(tiny_bert, cache, tmp_path / f"job{i}", "data.num_records=4000") for i in range(2)]
-    for j in jobs:
-        assert j.wait(timeout=600) == 0, j.stderr.read()[-2000:]
-    runs = [(tmp_path / f"job{i}" / "run.trec").read_text() for i in range(2)]
-    assert runs[0] == runs[1]
-    assert shards_done(cache) == 8  # the corpus manifest (the queries have their own, with one shard)
-    third = cli(tiny_bert, cache, tmp_path / "job3", "data.num_records=4000")
-    assert third.wait(timeout=600) == 0
-    res = json.loads((tmp_path / "job3" / "results.json").read_text())
-    assert res["throughput"]["shards_encoded"] == 0 and (tmp_path / "job3" / "run.trec").read_text() == runs[0]
 
 
 def test_float16_cache_halves_shards(tiny_bert, tmp_path):

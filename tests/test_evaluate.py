@@ -89,7 +89,11 @@ def test_run_writes_results_trec_per_query_and_wandb_without_text(tiny_bert, tmp
     assert thr["encode_docs_per_s"] > 0 and thr["search_qps"] > 0 and thr["peak_rss_bytes"] > 0
     assert thr["latency_ms_p50"] <= thr["latency_ms_p95"]
     assert on_disk["sizes"]["embedding_bytes"] == 300 * 32 * 4
-    assert on_disk["device"] == {"encoder": "cpu", "index": "cpu", "cpu_threads": on_disk["device"]["cpu_threads"]}
+    import faiss
+
+    dev = on_disk["device"]
+    assert dev == {"encoder": "cpu", "index": "cpu", "cpu_threads": dev["cpu_threads"], "faiss_simd": dev["faiss_simd"]}
+    assert dev["faiss_simd"] == faiss.SIMDConfig.get_level_name()  # the level faiss dispatches to at run time
     assert on_disk["config"]["data"]["num_records"] == 300 and on_disk["versions"]["faiss-cpu"]
     assert set(on_disk["by_category"]) == {"synonym", "condition_medication", "lab_threshold", "negation"}
     assert "commit" in on_disk["git"]
@@ -102,9 +106,9 @@ def test_run_writes_results_trec_per_query_and_wandb_without_text(tiny_bert, tmp
     from medret.data import load_dataset
 
     ds = load_dataset(cfg.data)
-    ref = pytrec_eval.RelevanceEvaluator(ds.qrels, {"ndcg_cut.10", "P.10", "recall.100"}).evaluate(
-        read_trec_run(tmp_path / "run.trec")
-    )
+    ref = pytrec_eval.RelevanceEvaluator(
+        {q: dict(j) for q, j in ds.qrels.items()}, {"ndcg_cut.10", "P.10", "recall.100"}
+    ).evaluate(read_trec_run(tmp_path / "run.trec"))
     assert np.isclose(np.mean([v["ndcg_cut_10"] for v in ref.values()]), on_disk["metrics"]["ndcg@10"])
     assert np.isclose(np.mean([v["recall_100"] for v in ref.values()]), on_disk["metrics"]["recall@100"])
 
@@ -242,6 +246,9 @@ def test_quantized_run_reports_fidelity_deltas_verdict_and_reuses_the_fp32_basel
     assert d["ci95"][0] <= d["delta"] <= d["ci95"][1]
     v = res["verdict"]
     assert v["accept"] == (v["drop_upper_ci95"] <= 0.01) and v["drop_upper_ci95"] == pytest.approx(-d["ci95"][0])
+    assert v["drop_lower_ci95"] == pytest.approx(-d["ci95"][1])
+    expected = "accept" if v["accept"] else ("reject" if v["drop_lower_ci95"] > 0.01 else "inconclusive")
+    assert v["outcome"] == expected and v["queries"] == len(rows_of(tmp_path / "u3"))
     fid = res["fidelity"]
     assert 0 < fid["embedding_cosine"]["min"] <= fid["embedding_cosine"]["mean"] <= 1
     assert 0 <= fid["ranking"]["top10_overlap"] <= 1 and 0 <= fid["ranking"]["rbo_p0.9"] <= 1
@@ -252,7 +259,7 @@ def test_quantized_run_reports_fidelity_deltas_verdict_and_reuses_the_fp32_basel
     rows = [json.loads(x) for x in (tmp_path / "u3" / "per_query.jsonl").read_text().splitlines()]
     assert {"delta_ndcg@10", "top10_overlap_fp32", "rbo_fp32"} <= set(rows[0])
     summary = wandb_summary(Path(res["wandb"]["dir"]))["summary"]
-    assert summary["verdict/accept"] == int(v["accept"])
+    assert summary["verdict/accept"] == int(v["accept"]) and summary["verdict/outcome"] == v["outcome"]
     assert summary["delta/ndcg@10"] == pytest.approx(d["delta"])
 
 
@@ -305,3 +312,7 @@ def test_fisher_kmeans_through_evaluate_gets_calibration_texts(tiny_bert, tmp_pa
     )
     assert res["quant"]["scheme"] == "fisher_kmeans" and "verdict" in res
     assert res["quant"]["effective_bits_per_param"] > 3.0  # + per-row codebooks: large on a 32-wide toy model
+
+
+def rows_of(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "per_query.jsonl").read_text().splitlines()]

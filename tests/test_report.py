@@ -52,7 +52,7 @@ def test_report_table_csv_and_plots(sweep):
     base = next(r for r in rows if r["scheme"] == "none")
     assert base["verdict"] == "baseline" and float(base["eff_bits"]) == 32.0
     u3 = next(r for r in rows if r["scheme"] == "uniform")
-    assert u3["verdict"] in ("accept", "reject") and u3["ci95"].startswith("[")
+    assert u3["verdict"].split(" ")[0] in ("accept", "reject", "inconclusive") and u3["ci95"].startswith("[")
     import matplotlib.image as mpimg
 
     pngs = [f for f in files if f.suffix == ".png"]

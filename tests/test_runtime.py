@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -100,6 +101,8 @@ def fp32_bytes(encoder, cache) -> dict[str, int]:
         ({"name": "openvino", "quantize": "int4_weights", "group_size": 0}, "runtime.group_size=0"),
         ({"name": "openvino", "quantize": "int4_weights", "ratio": 1.5}, "runtime.ratio=1.5"),
         ({"name": "onnx", "opset": 3}, "runtime.opset=3"),
+        ({"name": "onnx", "precision": "bf16"}, "runtime=onnx takes f32"),
+        ({"name": "openvino", "precision": "fp8"}, "runtime=openvino takes f32 | bf16"),
     ],
 )
 def test_validate_rejects_bad_options(overrides, needle):
@@ -191,6 +194,30 @@ def test_quantized_runtime_is_close_smaller_and_really_integer(encoder, referenc
 def test_calibrated_modes_need_texts(encoder, cache, name, quantize):
     with pytest.raises(InputError, match="needs calibration texts"):
         build_runtime(encoder, _cfg(name, quantize), cache, "tiny64", None)
+
+
+def test_sigkilled_build_leaves_debris_the_next_build_sweeps(tmp_path):
+    """A build killed with SIGKILL cannot clean up after itself: its temp folder is removed by the next
+    build once its process is gone, while a live process's temp folder is left alone."""
+    import socket
+
+    root = tmp_path / "runtime"
+    root.mkdir()
+    script = (
+        "import sys, time; from pathlib import Path; from medret.runtime.build import _build_atomic; "
+        "_build_atomic(Path(sys.argv[1]) / 'k1', lambda tmp: (print('building', flush=True), time.sleep(60)))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "building"  # the temp folder exists now
+    proc.kill()
+    proc.wait()
+    debris = [p.name for p in root.iterdir()]
+    assert len(debris) == 1 and debris[0].startswith(".k1.tmp-")
+    live = root / f".k2.tmp-{socket.gethostname()}-{os.getpid()}-0123abcd"  # a build in progress
+    live.mkdir()
+    gone = build_mod.sweep_debris(root)
+    assert [p.name for p in gone] == debris
+    assert sorted(p.name for p in root.iterdir()) == [live.name]
 
 
 @needs_ort

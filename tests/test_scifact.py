@@ -39,7 +39,7 @@ def test_scifact_metrics_equal_pytrec_eval(scifact_run):
     res, ds, run = scifact_run
     cuts = ",".join(map(str, K))
     ref = pytrec_eval.RelevanceEvaluator(
-        ds.qrels, {f"{m}.{cuts}" for m in ("P", "recall", "ndcg_cut", "map_cut")}
+        {q: dict(j) for q, j in ds.qrels.items()}, {f"{m}.{cuts}" for m in ("P", "recall", "ndcg_cut", "map_cut")}
     ).evaluate(run)
     for k in K:
         for ours, theirs in (("precision", "P"), ("recall", "recall"), ("ndcg", "ndcg_cut"), ("map", "map_cut")):
@@ -49,7 +49,9 @@ def test_scifact_metrics_equal_pytrec_eval(scifact_run):
 
 def test_scifact_metrics_equal_ir_measures(scifact_run):
     res, ds, run = scifact_run
-    got = ir_measures.calc_aggregate([nDCG @ 10, RR @ 10, P @ 10, R @ 100, AP @ 100], ds.qrels, run)
+    got = ir_measures.calc_aggregate(
+        [nDCG @ 10, RR @ 10, P @ 10, R @ 100, AP @ 100], {q: dict(j) for q, j in ds.qrels.items()}, run
+    )
     assert res["metrics"]["ndcg@10"] == pytest.approx(got[nDCG @ 10], abs=1e-9)
     assert res["metrics"]["mrr@10"] == pytest.approx(got[RR @ 10], abs=1e-9)
     assert res["metrics"]["precision@10"] == pytest.approx(got[P @ 10], abs=1e-9)

@@ -160,3 +160,84 @@ def test_encode_array_then_dependent_search_encodes_nothing(tiny_bert, tmp_path)
     assert res["throughput"]["shards_encoded"] == 0 and res["throughput"]["shards_cached"] == 4
     shards = sorted(json.loads(p.read_text())["shard"] for p in (run_dir / "shards").glob("shard-*.json"))
     assert shards == [0, 1, 2, 3]
+
+
+def node_size() -> tuple[int, int]:
+    """(CPUs, memory MB) of the local cluster's node, read from scontrol (not from medret's sinfo reading)."""
+    out = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return int(fields["CPUTot"]), int(fields["RealMemory"])
+
+
+def test_launcher_defaults_fit_the_partition():
+    from hydra import compose, initialize_config_dir
+
+    import medret.launch  # noqa: F401 (registers the resolver the launcher config uses)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    cpus, mem_mb = node_size()
+    launcher = cfg.hydra.launcher
+    assert 1 <= launcher.cpus_per_task <= cpus and launcher.cpus_per_task == min(4, cpus)
+    assert 1 <= launcher.mem_gb * 1024 <= mem_mb and launcher.mem_gb == min(16, mem_mb // 1024)
+
+
+def test_sweep_with_the_default_resources_runs(tiny_bert, tmp_path):
+    """The README's sweep without resource overrides: it starts on this cluster instead of pending forever."""
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, str(ROOT / "evaluate.py"), "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}"]
+    args += tiny_overrides(tiny_bert, "logger=none", "quant=none,uniform", "quant.bits=4", "quant.group_size=16")
+    proc = subprocess.run(
+        [*args, f"cache.dir={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=900, cwd=tmp_cwd(sweep)
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert len(list(sweep.glob("*/results.json"))) == 2
+    assert "ndcg@10" in (sweep / "summary.txt").read_text()  # the sweep's table, as on stdout
+
+
+def launch_error(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(ROOT / "evaluate.py"), "-m", "hydra/launcher=slurm", "logger=none"]
+    args += ["data.num_records=50", "data.num_queries=5", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_readme_gpu_sweep_on_a_cluster_without_that_partition_is_one_error_line(tmp_path):
+    proc = launch_error(
+        tmp_path, "quant=bnb_int8,bnb_nf4,kmeans", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.partition=gpu: no such partition")
+    assert "Traceback" not in proc.stderr
+
+
+def test_request_beyond_the_largest_node_is_refused_before_submission(tmp_path):
+    cpus, _ = node_size()
+    proc = launch_error(tmp_path, f"hydra.launcher.cpus_per_task={cpus + 1}", "hydra.job.name=medret-toobig")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: hydra.launcher.cpus_per_task={cpus + 1}: the largest node of partition "
+        f"{subprocess.run(['sinfo', '-h', '-o', '%P'], capture_output=True, text=True).stdout.split()[0].rstrip('*')} "
+        f"has {cpus} CPUs, so the jobs could never start; lower it or choose another partition "
+        "(hydra.launcher.partition=)"
+    ]
+    assert squeue_job("medret-toobig") is None  # nothing submitted
+
+
+def test_sbatch_script_runs_with_its_defaults(tiny_bert, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        ["sbatch", "--parsable", str(ROOT / "slurm" / "evaluate.sbatch"), "logger=none"]
+        + tiny_overrides(tiny_bert, f"cache.dir={tmp_path / 'cache'}"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MEDRET_PYTHON": sys.executable, "MEDRET_RUN_DIR": str(run_dir)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr  # was: "Invalid generic resource (gres) specification"
+    deadline = time.time() + 600
+    while not (run_dir / "results.json").exists() and time.time() < deadline:
+        time.sleep(1)
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["data"]["num_queries"] == 40
+    Path(ROOT / f"slurm-medret-evaluate-{proc.stdout.strip()}.out").unlink(missing_ok=True)

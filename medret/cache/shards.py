@@ -4,6 +4,11 @@ Layout: ``<root>/embeddings/<key>/manifest.json`` and per shard ``shard-00000.em
 and ``shard-00000.own.npy`` (the record each vector belongs to). Every file is written to a temp
 name and renamed into place, and the manifest is updated under an exclusive file lock, so a killed
 job leaves only whole shards and two jobs encoding the same corpus never corrupt each other.
+
+Concurrent jobs split the work: a job claims a shard (``shard-00000.claim``: owner pid, host, a
+heartbeat in its mtime) before encoding it, and a shard another live job holds is waited for and
+read. A claim is stale, and taken over, when its process is gone (same host) or its heartbeat is
+older than ``CLAIM_STALE_S`` (any host; also covers a reused pid).
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import io
 import json
 import logging
 import os
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +32,10 @@ from medret.errors import InputError
 from medret.storage import digest, file_sha256, write_atomic, write_json
 
 log = logging.getLogger(__name__)
+
+CLAIM_STALE_S = 600.0  # a claim whose heartbeat is older than this is abandoned (a job on another host died)
+HEARTBEAT_S = 30.0
+_HOST = socket.gethostname()
 
 
 def cache_root(configured: str | None) -> Path:
@@ -42,6 +54,68 @@ def ensure_writable(root: Path) -> None:
             pass
     except OSError as e:
         raise InputError(f"cache.dir={root}: not writable ({e.strerror}); set cache.dir or MEDRET_CACHE_DIR") from None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _valid_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and all(_is_int(entry.get(k)) for k in ("rows", "dim"))
+        and all(isinstance(entry.get(k), str) for k in ("emb_sha256", "own_sha256"))
+    )
+
+
+def parse_manifest(path: Path) -> dict:
+    """The manifest, or {} (not cached, with a warning) when it is damaged: truncated JSON, wrong types.
+    A manifest that cannot be read at all (a folder, no permission) is one error line."""
+    if not path.exists():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the cache manifest ({e.strerror}); delete it to re-encode") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    typed = isinstance(shards, dict) and isinstance(manifest.get("meta"), dict)
+    typed = typed and isinstance(manifest.get("dtype"), str) and _is_int(manifest.get("num_records"))
+    if not typed or not _is_int(manifest.get("shard_size")):
+        log.warning("%s: damaged cache manifest (not a JSON manifest): treating the cache as empty", path)
+        return {}
+    bad = [k for k, e in shards.items() if not (k.isdigit() and _valid_entry(e))]
+    if bad:
+        log.warning("%s: %d damaged shard entries in the cache manifest: re-encoding them", path, len(bad))
+        manifest["shards"] = {k: e for k, e in shards.items() if k not in bad}
+    return manifest
+
+
+def _claim_is_stale(path: Path) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):  # half-written by a job killed while claiming
+        return age > HEARTBEAT_S
+    if age > CLAIM_STALE_S:
+        return True
+    if host != _HOST:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _write_npy_atomic(path: Path, arr: np.ndarray) -> None:
@@ -84,8 +158,7 @@ class ShardStore:
         with open(self.dir / ".lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                path = self.dir / "manifest.json"
-                yield json.loads(path.read_text()) if path.is_file() else {}
+                yield parse_manifest(self.dir / "manifest.json")
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -130,6 +203,48 @@ class ShardStore:
         with self._locked() as manifest:
             manifest["shards"][str(i)] = entry
             self._write_manifest(manifest)
+
+    def _claim_path(self, i: int) -> Path:
+        return self.dir / f"shard-{i:05d}.claim"
+
+    def claim(self, i: int) -> str:
+        """``done`` (in the manifest), ``mine`` (this job now holds it) or ``busy`` (a live job holds it)."""
+        with self._locked() as manifest:
+            if str(i) in manifest.get("shards", {}):
+                return "done"
+            path = self._claim_path(i)
+            if path.exists() and not _claim_is_stale(path):
+                return "busy"
+            if path.exists():
+                log.info("shard %d in %s: taking over a stale claim", i, self.dir)
+            # under the lock, so two jobs never both take over one stale claim
+            write_json(path, {"pid": os.getpid(), "host": _HOST, "since": time.time()})
+            return "mine"
+
+    def release(self, i: int) -> None:
+        with self._locked():
+            self._claim_path(i).unlink(missing_ok=True)
+
+    @contextmanager
+    def holding(self, i: int):
+        """While encoding a claimed shard: refresh the claim's heartbeat; release it at the end."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                try:
+                    os.utime(self._claim_path(i))
+                except OSError:
+                    return
+
+        t = threading.Thread(target=beat, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            self.release(i)
 
     def forget(self, i: int) -> None:
         with self._locked() as manifest:

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from medret.config import DataConfig
 from medret.data import synthetic
 from medret.data.dataset import RetrievalDataset, check_unique, reconcile_qrels, restrict_to_judged
-from medret.data.files import find_file, read_qrels, read_texts
+from medret.data.files import check_file, find_file, read_qrels, read_texts
 from medret.errors import InputError
 from medret.storage import file_sha256
 
-__all__ = ["RetrievalDataset", "load_dataset"]
+__all__ = ["RetrievalDataset", "check_data_options", "load_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+def check_data_options(cfg: DataConfig) -> None:
+    """Data options that need no file read: checked before anything heavy starts."""
+    if cfg.name not in ("synthetic", "beir", "records"):
+        raise InputError(f"data.name={cfg.name!r}: expected synthetic, beir or records")
+    if cfg.name == "synthetic":
+        if cfg.num_records < 1:
+            raise InputError(f"data.num_records={cfg.num_records}: expected a positive record count")
+        if cfg.num_queries < 1:
+            raise InputError(f"data.num_queries={cfg.num_queries}: expected a positive query count")
+    if cfg.max_queries is not None and cfg.max_queries < 1:
+        raise InputError(f"data.max_queries={cfg.max_queries}: expected a positive count (or null for all queries)")
+    if cfg.passage_tokens < 0:
+        raise InputError(f"data.passage_tokens={cfg.passage_tokens}: expected 0 (no split) or a token count")
+    if cfg.passage_tokens and not 0 <= cfg.passage_stride < cfg.passage_tokens:
+        raise InputError(
+            f"data.passage_stride={cfg.passage_stride}: expected 0 <= stride < passage_tokens ({cfg.passage_tokens})"
+        )
 
 
 def _load_synthetic(cfg: DataConfig) -> RetrievalDataset:
@@ -19,11 +41,11 @@ def _load_synthetic(cfg: DataConfig) -> RetrievalDataset:
         raise InputError(f"data.num_records={cfg.num_records}: expected a positive record count")
     if cfg.num_queries < 1:
         raise InputError(f"data.num_queries={cfg.num_queries}: expected a positive query count")
-    ids = [synthetic.record_id(i) for i in range(cfg.num_records)]
+    ids = synthetic.SyntheticIds(cfg.num_records)
     queries = synthetic.make_queries(cfg.seed, cfg.num_records, cfg.num_queries, cfg.split)
     # qrels from the facts alone, streamed: no note text is rendered here
-    facts = ((rid, synthetic.record_facts(cfg.seed, i)) for i, rid in enumerate(ids))
-    qrels = synthetic.judge(queries, facts)
+    facts = (synthetic.record_facts(cfg.seed, i) for i in range(cfg.num_records))
+    qrels = synthetic.judge(queries, facts, ids)
     return RetrievalDataset(
         name=f"synthetic-{cfg.num_records}-s{cfg.seed}-{cfg.split}",
         doc_ids=ids,
@@ -38,14 +60,21 @@ def _load_synthetic(cfg: DataConfig) -> RetrievalDataset:
 
 def _load_files(cfg: DataConfig, corpus: Path, queries: Path, qrels_path: Path, name: str) -> RetrievalDataset:
     for p in (corpus, queries, qrels_path):
-        if not p.is_file():
-            raise InputError(f"{p}: file not found")
+        check_file(p)
     doc_ids, doc_texts = read_texts(corpus, (cfg.title_field, cfg.text_field), cfg.text_field)
     if not doc_ids:
         raise InputError(f"{corpus}: empty corpus (expected at least one record)")
     query_ids, query_texts = read_texts(queries, ("text",), "text")
+    if not query_ids:
+        raise InputError(f"{queries}: no queries (expected at least one record with '_id' and 'text')")
     check_unique(doc_ids, str(corpus), "doc")
-    qrels, unknown = reconcile_qrels(read_qrels(qrels_path), doc_ids, query_ids, str(qrels_path), cfg.strict)
+    counts: dict[str, int] = {}
+    qrels, unknown = reconcile_qrels(read_qrels(qrels_path, counts), doc_ids, query_ids, str(qrels_path), cfg.strict)
+    counts["empty_documents"] = _count_empty(doc_texts, corpus, "records have no text; they are kept")
+    counts["empty_queries"] = _count_empty(query_texts, queries, "queries have no text; they are left out")
+    if counts["empty_queries"]:  # an empty query's embedding ranks nothing in particular
+        kept = [(q, t) for q, t in zip(query_ids, query_texts) if t.strip()]
+        query_ids, query_texts = [q for q, _ in kept], [t for _, t in kept]
     return RetrievalDataset(
         name=name,
         doc_ids=doc_ids,
@@ -56,10 +85,20 @@ def _load_files(cfg: DataConfig, corpus: Path, queries: Path, qrels_path: Path, 
         unknown_qrels=unknown,
         sources={"corpus": str(corpus), "queries": str(queries), "qrels": str(qrels_path)},
         corpus_fingerprint=f"{file_sha256(corpus)}:{cfg.title_field}:{cfg.text_field}",
+        warnings=counts,
     )
 
 
+def _count_empty(texts: list[str], path: Path, what: str) -> int:
+    """Texts that are empty or only whitespace, warned about once with the first line's position."""
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        log.warning("%s: %d %s (first is record %d)", path, len(empty), what, empty[0] + 1)
+    return len(empty)
+
+
 def load_dataset(cfg: DataConfig) -> RetrievalDataset:
+    check_data_options(cfg)
     if cfg.name == "synthetic":
         ds = _load_synthetic(cfg)
     elif cfg.name == "beir":
@@ -83,4 +122,21 @@ def load_dataset(cfg: DataConfig) -> RetrievalDataset:
         ds = _load_files(cfg, corpus, Path(cfg.queries_file), Path(cfg.qrels_file), corpus.stem)
     else:
         raise InputError(f"data.name={cfg.name!r}: expected synthetic, beir or records")
-    return restrict_to_judged(ds, cfg.max_queries)
+    return _keep_judged(ds, cfg.max_queries)
+
+
+def _keep_judged(ds: RetrievalDataset, max_queries: int | None) -> RetrievalDataset:
+    """Only queries with a relevant judgement are scored: the others are counted, not silently lost.
+
+    Queries with no judgement at all are normal in BEIR (queries.jsonl holds every split); queries judged
+    but with nothing relevant (all 0 or negative grades) are worth a warning."""
+    unjudged = sum(1 for q in ds.query_ids if q not in ds.qrels)
+    total = len(ds.query_ids)
+    ds = restrict_to_judged(ds, None)
+    irrelevant = total - unjudged - len(ds.query_ids)
+    if irrelevant:
+        log.warning(
+            "%s: %d judged queries have no relevant record; left out", ds.sources.get("qrels", ds.name), irrelevant
+        )
+    ds.warnings.update(queries_without_judgements=unjudged, queries_without_relevant=irrelevant)
+    return restrict_to_judged(ds, max_queries) if max_queries is not None else ds

@@ -7,26 +7,33 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from medret.data.judgements import Judgements
 from medret.errors import InputError
 
 log = logging.getLogger(__name__)
 
-Qrels = dict[str, dict[str, int]]
+Qrels = dict[str, dict[str, int]]  # as files are read; a RetrievalDataset holds them as Judgements
 
 
 @dataclass
 class RetrievalDataset:
     name: str
-    doc_ids: list[str]
+    doc_ids: Sequence[str]  # a list, or a lazy sequence of generated ids (synthetic)
     doc_texts: Sequence[str]  # a list, or a lazy sequence that renders records on demand (synthetic)
     query_ids: list[str]
     query_texts: list[str]
-    qrels: Qrels
+    qrels: Judgements  # a plain {qid: {doc_id: grade}} given here is converted
     query_categories: dict[str, str] = field(default_factory=dict)
     # qrels entries dropped because they name ids absent from the corpus or queries
     unknown_qrels: dict[str, int] = field(default_factory=lambda: {"queries": 0, "docs": 0})
     sources: dict[str, str] = field(default_factory=dict)  # role -> file path
     corpus_fingerprint: str = ""  # identifies the corpus for embedding caches (file digest or generator id)
+    # odd but usable input, counted (results.json["data"]["warnings"]): negative grades, empty texts, ...
+    warnings: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.qrels, Judgements):  # ~13M judgements at 1M records: arrays, not dicts
+            self.qrels = Judgements.from_dict(self.qrels, self.doc_ids)
 
     @property
     def num_docs(self) -> int:
@@ -36,11 +43,8 @@ class RetrievalDataset:
         h = hashlib.sha256()
         for q, t in zip(self.query_ids, self.query_texts):
             h.update(f"{q}\0{t}\0".encode())
-        for q in sorted(self.qrels):  # streamed: a 1M-record synthetic set has ~13M judgements
-            h.update(q.encode())
-            for d, g in sorted(self.qrels[q].items()):
-                h.update(f"\0{d}\0{g}".encode())
-            h.update(b"\1")
+        h.update(b"\1")
+        self.qrels.update_digest(h)  # records by index: the corpus fingerprint says which records
         return h.hexdigest()
 
 
@@ -77,13 +81,12 @@ def reconcile_qrels(
 
 def restrict_to_judged(ds: RetrievalDataset, max_queries: int | None) -> RetrievalDataset:
     """Keep queries that have at least one relevant doc, in file order, optionally the first N."""
-    pairs = [(q, t) for q, t in zip(ds.query_ids, ds.query_texts) if any(g > 0 for g in ds.qrels.get(q, {}).values())]
+    pairs = [(q, t) for q, t in zip(ds.query_ids, ds.query_texts) if q in ds.qrels and ds.qrels.num_relevant(q)]
     if max_queries is not None:
         pairs = pairs[:max_queries]
     if not pairs:
         raise InputError(f"{ds.sources.get('qrels', ds.name)}: no query has a relevant judged document")
     ds.query_ids = [q for q, _ in pairs]
     ds.query_texts = [t for _, t in pairs]
-    keep = set(ds.query_ids)
-    ds.qrels = {q: r for q, r in ds.qrels.items() if q in keep}
+    ds.qrels = ds.qrels.subset(ds.query_ids)
     return ds

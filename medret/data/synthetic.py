@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,8 @@ from medret.data.clinical_vocab import (
     SEX_WORDS,
     Condition,
 )
-from medret.data.dataset import Qrels
+from medret.data.judgements import Judgements
+from medret.errors import InputError
 
 GENERATOR_VERSION = 1  # bump when the rendered text or facts change: it keys embedding caches
 CATEGORIES = ("synonym", "condition_medication", "lab_threshold", "negation")
@@ -136,6 +138,25 @@ class SyntheticTexts(Sequence):
         return record_text(self.seed, i, record_facts(self.seed, i))
 
 
+class SyntheticIds(Sequence):
+    """Record ids ``rec0000000``.. made on demand: no list of 1M strings in memory."""
+
+    def __init__(self, num_records: int):
+        self.num_records = num_records
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [record_id(j) for j in range(*i.indices(self.num_records))]
+        if i < 0:
+            i += self.num_records
+        if not 0 <= i < self.num_records:
+            raise IndexError(i)
+        return record_id(i)
+
+
 def iter_records(seed: int, num_records: int, start: int = 0) -> Iterator[tuple[str, str, RecordFacts]]:
     for i in range(start, num_records):
         facts = record_facts(seed, i)
@@ -158,7 +179,15 @@ def _age_group(age: int) -> str:
 def make_queries(seed: int, num_records: int, num_queries: int, split: str) -> list[SyntheticQuery]:
     rng = random.Random((seed << 20) ^ zlib.crc32(split.encode()))
     out: list[SyntheticQuery] = []
+    seen: set[str] = set()  # a repeated query would count twice in every mean
+    attempts = 0
     while len(out) < num_queries:
+        attempts += 1
+        if attempts > max(2000, 50 * num_queries):  # a small corpus offers few distinct queries
+            raise InputError(
+                f"data.num_queries={num_queries}: the synthetic generator found only {len(out)} distinct "
+                f"queries over {num_records} records; lower data.num_queries or raise data.num_records"
+            )
         j = len(out)
         cat = CATEGORIES[j % len(CATEGORIES)]
         anchor = record_facts(seed, rng.randrange(num_records))
@@ -188,6 +217,9 @@ def make_queries(seed: int, num_records: int, num_queries: int, split: str) -> l
                 (f"{qf} without {rng.choice(_BY_KEY[other].forms)}", f"{qf} but no {rng.choice(_BY_KEY[other].forms)}")
             )
             test = ("not", other)
+        if text in seen:
+            continue
+        seen.add(text)
         out.append(SyntheticQuery(f"q{j:05d}", text, cat, key, test))
     return out
 
@@ -204,16 +236,18 @@ def _passes(f: RecordFacts, test: tuple) -> bool:
     return f.grade(test[1]) == 0  # "not"
 
 
-def judge(queries: list[SyntheticQuery], facts: Iterator[tuple[str, RecordFacts]]) -> Qrels:
-    """Graded qrels from ground truth in one streaming pass over the records' facts."""
-    by_cond: dict[str, list[SyntheticQuery]] = {}
-    for q in queries:
-        by_cond.setdefault(q.condition, []).append(q)
-    qrels: Qrels = {q.qid: {} for q in queries}
-    for rid, f in facts:
+def judge(queries: list[SyntheticQuery], facts: Iterator[RecordFacts], doc_ids: Sequence[str]) -> Judgements:
+    """Graded qrels from ground truth in one streaming pass over the records' facts (record i = doc_ids[i])."""
+    by_cond: dict[str, list[int]] = {}
+    for r, q in enumerate(queries):
+        by_cond.setdefault(q.condition, []).append(r)
+    # per query typed arrays, 5 bytes a judgement (~13M of them at 1M records), records in increasing order
+    docs, grades = [array("i") for _ in queries], [array("b") for _ in queries]
+    for i, f in enumerate(facts):
         for key in (f.primary, *f.secondary):
             g = f.grade(key)
-            for q in by_cond.get(key, ()):
-                if _passes(f, q.test):
-                    qrels[q.qid][rid] = g
-    return qrels
+            for r in by_cond.get(key, ()):
+                if _passes(f, queries[r].test):
+                    docs[r].append(i)
+                    grades[r].append(g)
+    return Judgements.from_parts([q.qid for q in queries], docs, grades, doc_ids)

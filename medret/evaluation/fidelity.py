@@ -63,8 +63,7 @@ def compare(
     for m in headline:
         mean, lo, hi = paired_delta_ci(base["per_query"][m], new_per_query[m], n_resamples, seed)
         deltas[m] = {"fp32": float(np.mean(base["per_query"][m])), "delta": mean, "ci95": [lo, hi]}
-    gate = deltas[gate_metric]
-    worst_drop = -gate["ci95"][0]  # upper CI bound of (fp32 - quantized)
+    gate_deltas = np.asarray(new_per_query[gate_metric], np.float64) - np.asarray(base["per_query"][gate_metric])
     return {
         "embedding_cosine": {
             "mean": float(both.mean()),
@@ -76,11 +75,43 @@ def compare(
         "ranking": {"top10_overlap": float(overlap.mean()), "rbo_p0.9": float(rbo.mean())},
         "per_query": {"top10_overlap": overlap, "rbo": rbo},
         "deltas": deltas,
-        "verdict": {
-            "metric": gate_metric,
-            "max_drop": gate_max_drop,
-            "drop": -gate["delta"],
-            "drop_upper_ci95": worst_drop,
-            "accept": bool(worst_drop <= gate_max_drop),
-        },
+        "verdict": verdict(deltas[gate_metric], gate_deltas, gate_metric, gate_max_drop),
+    }
+
+
+Z95 = 1.959964  # the normal quantile behind a two-sided 95% interval
+
+
+def queries_to_decide(per_query_deltas: np.ndarray, drop: float, max_drop: float) -> int | None:
+    """How many queries like these a 95% CI needs before it clears the gate on one side: the CI half-width
+    1.96 sd / sqrt(n) must fit within |max_drop - drop|. None when the drop sits on the gate itself."""
+    sd = float(np.std(per_query_deltas, ddof=1)) if len(per_query_deltas) > 1 else 0.0
+    margin = abs(max_drop - drop)
+    if margin == 0.0:
+        return None
+    return max(len(per_query_deltas), int(np.ceil((Z95 * sd / margin) ** 2)))
+
+
+def verdict(gate: dict, per_query_deltas: np.ndarray, metric: str, max_drop: float) -> dict:
+    """accept: even the CI's worst drop is within the gate; reject: even its best drop is beyond it;
+    inconclusive: the CI straddles the gate (more queries would decide; their estimated number is given)."""
+    drop = -gate["delta"]
+    drop_hi, drop_lo = -gate["ci95"][0], -gate["ci95"][1]  # (fp32 - quantized) bounds
+    if drop_hi <= max_drop:
+        outcome = "accept"
+    elif drop_lo > max_drop:
+        outcome = "reject"
+    else:
+        outcome = "inconclusive"
+    n = len(per_query_deltas)
+    return {
+        "metric": metric,
+        "max_drop": max_drop,
+        "drop": drop,
+        "drop_lower_ci95": drop_lo,
+        "drop_upper_ci95": drop_hi,
+        "outcome": outcome,
+        "accept": outcome == "accept",
+        "queries": n,
+        "queries_to_decide": n if outcome != "inconclusive" else queries_to_decide(per_query_deltas, drop, max_drop),
     }

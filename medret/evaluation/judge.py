@@ -96,7 +96,7 @@ def per_query_rows(j: Judgement, data: RetrievalDataset, base: dict | None) -> l
         row: dict[str, Any] = {"query_id": q}
         if data.query_categories:
             row["category"] = data.query_categories.get(q)
-        row["num_relevant"] = sum(v > 0 for v in data.qrels[q].values())
+        row["num_relevant"] = data.qrels.num_relevant(q)
         row.update({m: float(v[i]) for m, v in j.per_query.items()})
         if j.fidelity is not None:
             row["top10_overlap_fp32"] = float(j.fidelity["per_query"]["top10_overlap"][i])

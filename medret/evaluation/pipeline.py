@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,15 @@ from omegaconf import DictConfig
 
 import medret
 from medret.cache import cache_root, ensure_writable
-from medret.config import EvaluateConfig, typed
-from medret.data import RetrievalDataset, load_dataset
+from medret.config import EvalConfig, EvaluateConfig, typed
+from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
 from medret.evaluation import baseline as bl
-from medret.evaluation.judge import Judgement, check_eval, check_k_values, judge, per_query_rows
-from medret.index import check_gpu_limits
+from medret.evaluation.judge import Judgement, check_eval, judge, per_query_rows
+from medret.index import check_gpu_limits, check_index_options, factory_string
 from medret.index.faiss_index import choose_placement
 from medret.models import Retriever, load_retriever
+from medret.models.encoder import check_model_options, doc_max_length
 from medret.models.saving import save_quantized
 from medret.quant import (
     decode_resident,
@@ -32,6 +34,7 @@ from medret.quant import (
     state_bytes,
     validate,
 )
+from medret.quant.apply import drop_unused_bits
 from medret.retrieval import Retrieval, RetrievalSettings, encode_one_shard, model_identity, retrieve
 from medret.runtime import build_runtime
 from medret.runtime import needs_calibration as runtime_needs_calibration
@@ -46,10 +49,17 @@ log = logging.getLogger(__name__)
 
 def check_options(cfg: EvaluateConfig) -> None:
     """Every option that needs no data or model: a bad one fails before anything heavy starts."""
+    check_data_options(cfg.data)
+    check_model_options(cfg.model)
+    check_passage_length(cfg)
     validate(cfg.quant, cfg.model.device)
+    drop_unused_bits(cfg.quant)
+    check_eval_numbers(cfg.eval)
     check_eval(cfg.eval)
+    check_index_options(cfg.index)
     check_logger(cfg.logger)
     check_runtime(cfg.runtime)
+    check_cache_options(cfg)
     if cfg.model.adapter and scheme(cfg.quant.name).kind in ("none", "cast"):
         raise InputError(
             f"model.adapter={cfg.model.adapter}: a QLoRA adapter sits on a quantized base; set the "
@@ -57,11 +67,79 @@ def check_options(cfg: EvaluateConfig) -> None:
         )
 
 
+def check_eval_numbers(ev: EvalConfig) -> None:
+    """k values and counts; before the metric names, so a bad k list is blamed on eval.k_values."""
+    if not ev.k_values or min(ev.k_values) < 1:
+        raise InputError(f"eval.k_values={list(ev.k_values)}: expected a non-empty list of positive integers")
+    if ev.bootstrap_resamples < 1:
+        raise InputError(f"eval.bootstrap_resamples={ev.bootstrap_resamples}: expected a positive count (e.g. 2000)")
+    if not (math.isfinite(ev.gate_max_drop) and ev.gate_max_drop >= 0):
+        raise InputError(f"eval.gate_max_drop={ev.gate_max_drop}: expected a finite number >= 0")
+    if ev.passage_fanout < 1:
+        raise InputError(f"eval.passage_fanout={ev.passage_fanout}: expected a positive count")
+
+
+def check_cache_options(cfg: EvaluateConfig) -> None:
+    c = cfg.cache
+    if c.shard_size < 1:
+        raise InputError(f"cache.shard_size={c.shard_size}: expected a positive number of records")
+    if c.dtype not in ("float16", "float32"):
+        raise InputError(f"cache.dtype={c.dtype!r}: expected float16 or float32")
+    if c.only_shard is not None and c.only_shard < 0:
+        raise InputError(f"cache.only_shard={c.only_shard}: expected a shard number >= 0")
+    if cfg.seed < 0:
+        raise InputError(f"seed={cfg.seed}: expected an integer >= 0")
+
+
+def check_passage_length(cfg: EvaluateConfig) -> None:
+    """A passage must fit the model's window, else its tail is silently cut off."""
+    tokens, limit = cfg.data.passage_tokens, doc_max_length(cfg.model)
+    if tokens and tokens + 2 > limit:  # + [CLS] and [SEP]
+        raise InputError(
+            f"data.passage_tokens={tokens}: the model reads at most {limit} tokens ({limit - 2} plus [CLS] and "
+            f"[SEP]), so passages would be truncated; lower data.passage_tokens or raise model.max_length"
+        )
+
+
 def load_checked_data(cfg: EvaluateConfig) -> tuple[RetrievalDataset, list[int]]:
     data = load_dataset(cfg.data)
-    ks = check_k_values(list(cfg.eval.k_values), data.num_docs, data.name)
+    ks = fit_k_values(cfg.eval, data.num_docs, data.name)
+    ix = cfg.index
+    if "IVF" in ix.factory and not cfg.data.passage_tokens and min(ix.train_size, data.num_docs) < ix.nlist:
+        raise InputError(
+            f"index.nlist={ix.nlist}: IVF needs that many training vectors; the corpus has {data.num_docs}"
+        )
     log.info("data %s: %d documents, %d judged queries", data.name, data.num_docs, len(data.query_ids))
     return data, ks
+
+
+def fit_k_values(ev: EvalConfig, num_docs: int, where: str) -> list[int]:
+    """The k list checked against the corpus. The default list is clipped to a small corpus (recorded in the
+    config); a list the user chose is an error, naming every option that must change with it."""
+    ks = sorted(set(int(k) for k in ev.k_values))
+    if ks[-1] <= num_docs:
+        return ks
+    metric_options = {"eval.gate_metric": ev.gate_metric, "eval.optimize_metric": ev.optimize_metric}
+    if ks == sorted(EvalConfig().k_values):
+        ks = [k for k in ks if k <= num_docs]
+        log.warning(
+            "eval.k_values: the default list clipped to %s for the corpus of %s (%d documents)", ks, where, num_docs
+        )
+        ev.k_values = ks
+        lost = {o: m for o, m in metric_options.items() if int(m.partition("@")[2]) not in ks}
+        if lost:
+            names = " and ".join(f"{o}={m!r}" for o, m in lost.items())
+            raise InputError(
+                f"eval.k_values: the default list clipped to the corpus of {where} ({num_docs} documents) is {ks}, "
+                f"which leaves out {names}; set eval.k_values and {' and '.join(lost)} together"
+            )
+        return ks
+    over = [f"{o}={m!r}" for o, m in metric_options.items() if int(m.partition("@")[2]) > num_docs]
+    also = f"; change {' and '.join(over)} with it" if over else ""
+    raise InputError(
+        f"eval.k_values: k={ks[-1]} is larger than the corpus of {where} ({num_docs} documents); "
+        f"keep every k <= {num_docs}{also}"
+    )
 
 
 def is_variant(cfg: EvaluateConfig) -> bool:
@@ -176,6 +254,7 @@ def build_results(
             "num_queries": len(j.qids),
             "num_qrels": sum(len(v) for v in data.qrels.values()),
             "unknown_qrels": data.unknown_qrels,
+            "warnings": data.warnings,  # odd but usable input, counted (see the log's warning lines)
             "sources": data.sources,
         },
         "metrics": j.metrics,
@@ -207,18 +286,22 @@ def build_results(
 
 
 def publish(cfg: EvaluateConfig, run_dir: Path, results: dict, rows: list[dict], data, out: Retrieval) -> None:
-    """W&B (ids and numbers only unless logger.log_text) and the run's files."""
+    """The run's files first, then W&B (ids and numbers only unless logger.log_text): a tracker that fails
+    or waits on its server can never cost the results."""
     texts = dict(zip(data.query_ids, data.query_texts))
     # query text reaches per_query.jsonl only with write_text, and W&B only with logger.log_text
     file_rows = [{**r, "query_text": texts[r["query_id"]]} for r in rows] if cfg.write_text else rows
+    ranked = dict(zip(data.query_ids, out.ranked))
+    results["wandb"] = {"run_id": None, "dir": None, "mode": None}  # filled in once the tracker has started
+    write_run_files(run_dir, results, file_rows, ranked, tag=f"medret-{cfg.model.name}-{cfg.quant.name}")
     tags = [f"scheme:{cfg.quant.name}", f"index:{cfg.index.name}", f"data:{cfg.data.name}"]
     tags.append(f"runtime:{cfg.runtime.name}" + (f"-{cfg.runtime.quantize}" if cfg.runtime.quantize != "none" else ""))
     if cfg.quant.bits is not None:
         tags.append(f"bits:{cfg.quant.bits}")
     tracker = start_tracker(cfg.logger, run_dir, results["config"], tags=tags)
-    results["wandb"] = {"run_id": tracker.run.id if tracker.run else None, "dir": tracker.run_dir}
-    ranked = dict(zip(data.query_ids, out.ranked))
-    write_run_files(run_dir, results, file_rows, ranked, tag=f"medret-{cfg.model.name}-{cfg.quant.name}")
+    if tracker.run is not None:
+        results["wandb"] = tracker.describe()
+        write_json(run_dir / "results.json", results)
     tracker.log_summary(summary_of(results))
     tracker.log_per_query(rows, texts if cfg.logger.log_text else None)
     tracker.log_table("quant_layers", results["quant"].get("layers", []))
@@ -235,6 +318,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     check_gpu_limits(cfg.index, ks[-1], choose_placement(cfg.index))
 
     retriever = load_retriever(cfg.model)
+    factory_string(cfg.index, retriever.doc.dim)  # index.m must divide the dim: known once the model loads
     identity = model_identity(retriever)
     base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity)
     quant_info, qkey = quantize_stage(retriever, data, cfg)
@@ -257,7 +341,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
         f"{j.metrics['recall@100']:.4f}" if "recall@100" in j.metrics else "-",
         j.metrics.get("precision@10", float("nan")),
         len(j.qids),
-        "" if j.fidelity is None else f"  verdict {'ACCEPT' if j.fidelity['verdict']['accept'] else 'REJECT'}",
+        "" if j.fidelity is None else f"  verdict {j.fidelity['verdict']['outcome'].upper()}",
         run_dir / "results.json",
     )
     return results

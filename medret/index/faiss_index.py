@@ -39,6 +39,29 @@ def factory_string(cfg: IndexConfig, dim: int) -> str:
     return f
 
 
+_POSITIVE = ("m", "nbits", "nlist", "nprobe", "hnsw_m", "ef_search", "ef_construction", "rescore_multiplier")
+
+
+def check_index_options(cfg: IndexConfig) -> None:
+    """Index options checked before any encoding: FAISS parses the factory on a stand-in dimension."""
+    for name in (*_POSITIVE, "train_size", "search_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"index.{name}={getattr(cfg, name)}: expected a positive integer")
+    if cfg.latency_sample < 0:
+        raise InputError(f"index.latency_sample={cfg.latency_sample}: expected 0 or more queries")
+    choose_placement(cfg)  # index.device
+    if cfg.factory == "binary":
+        return
+    factory = factory_string(cfg, cfg.m * 16)  # a dim every PQ/OPQ sub-quantizer count divides
+    try:
+        faiss.index_factory(cfg.m * 16, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1].rsplit(": ", 1)[-1] if str(e).strip() else "invalid"
+        raise InputError(f"index.factory={cfg.factory!r}: FAISS rejected it ({reason})") from None
+    if "IVF" in factory and cfg.train_size < cfg.nlist:
+        raise InputError(f"index.train_size={cfg.train_size}: IVF needs at least index.nlist={cfg.nlist} vectors")
+
+
 def choose_placement(cfg: IndexConfig) -> str:
     """cpu | cuda (faiss-gpu) | torch (exact search on a GPU without faiss-gpu)."""
     gpus = faiss_gpu_count()
@@ -185,7 +208,23 @@ def _index_bytes(index, placement: str) -> int:
     if isinstance(index, (BinaryRescoreIndex, TorchFlatIndex)):
         return index.nbytes
     host = faiss.index_gpu_to_cpu(index) if placement == "cuda" else index
-    return int(faiss.serialize_index(host).nbytes)
+    return _serialized_size(host)
+
+
+def _serialized_size(index) -> int:
+    """Bytes of the index as written, counted through a callback: serialize_index would hold a
+    second copy of the whole index in memory (244 MB at 1M vectors of dim 64)."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count, 1 << 20)
+    faiss.write_index(index, writer)
+    del writer  # flushes the last buffered chunk
+    return total
 
 
 def exact_topk(queries: np.ndarray, shards: Iterable[np.ndarray], k: int) -> np.ndarray:

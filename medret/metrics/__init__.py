@@ -4,9 +4,18 @@ from medret.metrics.ranking import (
     METRIC_NAMES,
     bootstrap_ci,
     check_metric,
+    evaluate_ranked,
     evaluate_run,
     mean_metrics,
     paired_delta_ci,
 )
 
-__all__ = ["METRIC_NAMES", "bootstrap_ci", "check_metric", "evaluate_run", "mean_metrics", "paired_delta_ci"]
+__all__ = [
+    "METRIC_NAMES",
+    "bootstrap_ci",
+    "check_metric",
+    "evaluate_ranked",
+    "evaluate_run",
+    "mean_metrics",
+    "paired_delta_ci",
+]

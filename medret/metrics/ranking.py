@@ -12,39 +12,63 @@ import numpy as np
 from scipy import stats
 
 from medret.data.dataset import Qrels
+from medret.data.judgements import Judgements
 
 METRIC_NAMES = ("precision", "recall", "f1", "ndcg", "mrr", "map")
 
 
-def _grade_matrix(run: dict[str, list[str]], qrels: Qrels, qids: list[str], depth: int) -> np.ndarray:
+def _grade_matrix(ranked: np.ndarray, judgements: Judgements, qids: list[str], depth: int) -> np.ndarray:
     g = np.zeros((len(qids), depth), dtype=np.float64)
     for r, q in enumerate(qids):
-        judged = qrels.get(q, {})
-        ranked = run.get(q, [])[:depth]
-        g[r, : len(ranked)] = [judged.get(d, 0) for d in ranked]
+        row = ranked[r, :depth]
+        g[r, : len(row)] = judgements.grades_of(q, row)
     return g
 
 
+def run_matrix(run: dict[str, list[str]], judgements: Judgements, qids: list[str], depth: int) -> np.ndarray:
+    """A run of doc ids as record indices of ``judgements`` (-1: no hit or unjudged, which grade 0 alike)."""
+    ranked = np.full((len(qids), depth), -1, dtype=np.int64)
+    for r, q in enumerate(qids):
+        a, b = judgements.segment(q)
+        judged = {judgements.doc_ids[int(d)]: int(d) for d in judgements.docs[a:b]}
+        hits = run.get(q, [])[:depth]
+        ranked[r, : len(hits)] = [judged.get(d, -1) for d in hits]
+    return ranked
+
+
 def evaluate_run(
-    run: dict[str, list[str]], qrels: Qrels, k_values: list[int], query_ids: list[str] | None = None
+    run: dict[str, list[str]], qrels: Qrels | Judgements, k_values: list[int], query_ids: list[str] | None = None
 ) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Per-query metrics: (query ids, {"ndcg@10": array, ...}).
+    """Per-query metrics of a run of doc ids: (query ids, {"ndcg@10": array, ...}).
 
     ``query_ids`` fixes the order (and must all have a relevant judgement); by default every
     query with a relevant judgement, in qrels order.
     """
-    qids = query_ids if query_ids is not None else [q for q in qrels if any(v > 0 for v in qrels[q].values())]
+    if not isinstance(qrels, Judgements):
+        vocab = list(dict.fromkeys(d for judged in qrels.values() for d in judged))
+        qrels = Judgements.from_dict(qrels, vocab)
+    qids = query_ids if query_ids is not None else [q for q in qrels if qrels.num_relevant(q)]
     depth = max(k_values)
-    grades = _grade_matrix(run, qrels, qids, depth)
+    return evaluate_ranked(run_matrix(run, qrels, qids, depth), qrels, k_values, qids)
+
+
+def evaluate_ranked(
+    ranked: np.ndarray, judgements: Judgements, k_values: list[int], query_ids: list[str]
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Per-query metrics of ``ranked`` [queries x depth] record indices (-1 pads), row i for query_ids[i]."""
+    qids = query_ids
+    depth = max(k_values)
+    grades = _grade_matrix(ranked, judgements, qids, depth)
     rel = grades > 0
-    num_rel = np.array([sum(v > 0 for v in qrels[q].values()) for q in qids], dtype=np.float64)
+    num_rel = np.array([judgements.num_relevant(q) for q in qids], dtype=np.float64)
     ranks = np.arange(1, depth + 1, dtype=np.float64)
     hits = np.cumsum(rel, axis=1)
     disc = 1.0 / np.log2(ranks + 1)
     dcg = np.cumsum(np.where(grades > 0, grades, 0) * disc, axis=1)
     ideal = np.zeros_like(grades)
     for r, q in enumerate(qids):
-        best = sorted((v for v in qrels[q].values() if v > 0), reverse=True)[:depth]
+        a, b = judgements.segment(q)
+        best = np.sort(judgements.grades[a:b][judgements.grades[a:b] > 0])[::-1][:depth]
         ideal[r, : len(best)] = best
     idcg = np.cumsum(ideal * disc, axis=1)
     prec_at_rank = np.where(rel, hits / ranks, 0.0)

@@ -86,6 +86,14 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
         validate(replace(cfg, **spec, overrides={}), device)
 
 
+def drop_unused_bits(cfg: QuantConfig) -> None:
+    """``quant.bits`` under a scheme without a bit width (none, casts) is ignored: warned once and set to
+    null, so results.json and the W&B tags never report a width that was not used."""
+    if cfg.bits is not None and scheme(cfg.name).kind in ("none", "cast"):
+        log.warning("quant.bits=%s is ignored by quant=%s (it has no bit width); recorded as null", cfg.bits, cfg.name)
+        cfg.bits = None
+
+
 def module_specs(cfg: QuantConfig) -> list[QuantConfig]:
     """The top-level spec and every override applied over it (what some module may run)."""
     cfg = as_config(cfg)

@@ -158,6 +158,15 @@ def _fmt(x, nd=4):
     return "" if x is None else (round(x, nd) if isinstance(x, float) else x)
 
 
+def verdict_of(v: dict | None) -> str:
+    """accept | reject | inconclusive (n to decide); results from before the third outcome say accept/reject."""
+    if not v:
+        return "baseline"
+    outcome = v.get("outcome") or ("accept" if v["accept"] else "reject")
+    n = v.get("queries_to_decide")
+    return f"inconclusive (~{n} queries to decide)" if outcome == "inconclusive" and n else outcome
+
+
 def row_of(res: dict, name: str) -> dict:
     cfg, q, m = res.get("config") or {}, res.get("quant") or {}, res["metrics"]
     d, v, disk = _get(res, "deltas", METRIC), res.get("verdict"), disk_bytes(res)
@@ -176,7 +185,7 @@ def row_of(res: dict, name: str) -> dict:
         **{k: _fmt(m.get(k)) for k in ("ndcg@10", "recall@100", "precision@10", "f1@10")},
         "delta_ndcg@10": _fmt(d["delta"]) if d else "",
         "ci95": f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "",
-        "verdict": ("accept" if v["accept"] else "reject") if v else "baseline",
+        "verdict": verdict_of(v),
         "encode_docs_per_s": _fmt(encode_rate(res), 1),
         "qps": _fmt(_get(res, "throughput", "search_qps"), 0),
         "dataset": dataset_of(res),

@@ -3,7 +3,9 @@ that evaluate and training share."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ import numpy as np
 from medret.config import IndexConfig
 from medret.data import RetrievalDataset
 from medret.index import SearchIndex, build_index, check_gpu_limits, exact_topk, recall_vs_exact
-from medret.metrics import evaluate_run
+from medret.metrics import evaluate_ranked
 from medret.retrieval.encode import CorpusEmbeddings, EncodeSettings, encode_corpus, encode_queries
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Retrieval:
     corpus: CorpusEmbeddings
     query_emb: np.ndarray
     ranked: list[list[tuple[str, float]]]
+    ranked_index: np.ndarray  # [queries x depth] record indices of ``ranked``, -1 pads: what metrics read
     timings: dict[str, float | None]
     index: dict[str, Any]
 
@@ -48,11 +53,13 @@ class Retrieval:
 
 
 def fold_to_records(
-    scores: np.ndarray, hits: np.ndarray, doc_index: np.ndarray, doc_ids: list[str], depth: int
-) -> list[list[tuple[str, float]]]:
-    """Passage hits -> record hits by max score; ties ordered as trec_eval does (doc id descending)."""
+    scores: np.ndarray, hits: np.ndarray, doc_index: np.ndarray, doc_ids: Sequence[str], depth: int
+) -> tuple[list[list[tuple[str, float]]], np.ndarray]:
+    """Passage hits -> record hits by max score; ties ordered as trec_eval does (doc id descending).
+    Returns (doc id, score) lists and the same ranking as record indices (-1 pads)."""
     out = []
-    for srow, hrow in zip(scores, hits):
+    index = np.full((len(hits), depth), -1, dtype=np.int64)
+    for r, (srow, hrow) in enumerate(zip(scores, hits)):
         best: dict[int, float] = {}
         for s, h in zip(srow.tolist(), hrow.tolist()):
             if h < 0:
@@ -60,10 +67,11 @@ def fold_to_records(
             d = int(doc_index[h])
             if d not in best or s > best[d]:
                 best[d] = s
-        ranked = sorted(((doc_ids[d], s) for d, s in best.items()), key=lambda x: x[0], reverse=True)
+        ranked = sorted(((doc_ids[d], s, d) for d, s in best.items()), key=lambda x: x[0], reverse=True)
         ranked.sort(key=lambda x: x[1], reverse=True)  # stable: keeps doc id descending on ties
-        out.append(ranked[:depth])
-    return out
+        out.append([(doc_id, s) for doc_id, s, _ in ranked[:depth]])
+        index[r, : min(depth, len(ranked))] = [d for _, _, d in ranked[:depth]]
+    return out, index
 
 
 def _latencies(index: SearchIndex, query_emb: np.ndarray, k: int, sample: int, seed: int) -> list[float]:
@@ -101,6 +109,7 @@ def _timings(corpus: CorpusEmbeddings, n_queries: int, t_queries: float, q_hit: 
         "encode_queries_s": t_queries,
         "shards_encoded": corpus.shards_encoded,
         "shards_cached": corpus.shards_cached,
+        "shards_waited": corpus.shards_waited,
         "queries_cached": q_hit,
         "search_s": t_search,
         "search_qps": rate(n_queries, t_search),
@@ -117,6 +126,7 @@ def retrieve(
     query_emb, t_queries, q_hit = encode_queries(
         retriever.query, data, cfg.encode, root, {**key_parts, "side": "query"}
     )
+    log.info("index %s: building over %d vectors", cfg.index.name, corpus.num_vectors)
     index = build_index(corpus.iter_shards(), cfg.index, corpus.dim)
     n_vec = corpus.num_vectors
     fanout = 1 if n_vec == data.num_docs else min(cfg.passage_fanout, int(np.bincount(corpus.doc_index).max()))
@@ -128,12 +138,10 @@ def retrieve(
     lat = _latencies(index, query_emb, k_search, cfg.index.latency_sample, cfg.seed)
     timings = _timings(corpus, len(query_emb), t_queries, q_hit, t_search, lat)
     timings["index_build_s"] = index.build_seconds
-    ranked = fold_to_records(scores, hits, corpus.doc_index, data.doc_ids, depth)
-    return Retrieval(
-        corpus, query_emb, ranked, timings, _index_info(index, cfg.index, corpus, query_emb, hits, k_search)
-    )
+    ranked, ranked_index = fold_to_records(scores, hits, corpus.doc_index, data.doc_ids, depth)
+    info = _index_info(index, cfg.index, corpus, query_emb, hits, k_search)
+    return Retrieval(corpus, query_emb, ranked, ranked_index, timings, info)
 
 
 def score(out: Retrieval, data: RetrievalDataset, ks: list[int]) -> tuple[list[str], dict[str, np.ndarray]]:
-    run = {q: ids for q, ids in zip(data.query_ids, out.ranked_ids)}
-    return evaluate_run(run, data.qrels, ks, data.query_ids)
+    return evaluate_ranked(out.ranked_index, data.qrels, ks, data.query_ids)

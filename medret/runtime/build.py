@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -106,6 +108,38 @@ def _model_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in suffixes or p.name.endswith(".data")))
 
 
+DEBRIS = re.compile(r"^\.(?P<key>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+STALE_S = 24 * 3600  # a temp folder of another host is debris after a day (no build takes that long)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_debris(root: Path) -> list[Path]:
+    """Remove temp build folders a killed process left in ``root``: this host's whose process is gone,
+    any host's older than a day (a shared cache may sit on a cluster file system). Returns what went."""
+    gone = []
+    host = socket.gethostname()
+    for p in root.glob(".*.tmp-*") if root.is_dir() else ():
+        m = DEBRIS.match(p.name)
+        if not m or not p.is_dir():
+            continue
+        dead = not _alive(int(m["pid"])) if m["host"] == host else time.time() - p.stat().st_mtime > STALE_S
+        if dead:
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    if gone:
+        log.info("removed %d temp folder(s) left by killed runtime builds in %s", len(gone), root)
+    return gone
+
+
 def _build_atomic(folder: Path, make: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """Run ``make(tmp)`` into a fresh temp folder, write META, then rename it into place: a killed build is
     never read as done. Returns (meta, cached)."""
@@ -113,7 +147,8 @@ def _build_atomic(folder: Path, make: Callable[[Path], dict[str, Any]]) -> tuple
     if meta_path.is_file():
         return json.loads(meta_path.read_text()), True
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    sweep_debris(folder.parent)
+    tmp = folder.with_name(f".{folder.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         t0 = time.perf_counter()
@@ -169,7 +204,7 @@ def _load(folder: Path, cfg: RuntimeConfig) -> tuple[Any, dict[str, Any], list[P
         return onnx_backend.runner(sess), ran, _model_files(folder, (".onnx",))
     from medret.runtime import openvino_backend
 
-    compiled, ran = openvino_backend.compile_model(folder / openvino_backend.XML_FILE, cfg.threads)
+    compiled, ran = openvino_backend.compile_model(folder / openvino_backend.XML_FILE, cfg.threads, cfg.precision)
     return openvino_backend.runner(compiled), ran, _model_files(folder, (".xml", ".bin"))
 
 

@@ -15,6 +15,7 @@ MODES: dict[str, tuple[str, ...]] = {
     "openvino": ("none", "int8", "int4_weights"),
 }
 PROVIDERS = ("auto", "cpu", "cuda")
+PRECISIONS = {"torch": ("f32",), "onnx": ("f32",), "openvino": ("f32", "bf16")}
 INT4_MODES = ("int4_sym", "int4_asym", "nf4")
 CALIBRATED = {("onnx", "static_int8"), ("openvino", "int8")}
 # torch's ONNX exporter (dynamo, the one that traces transformers 5 correctly) writes opset 18 or later
@@ -61,6 +62,10 @@ def validate(cfg: Any) -> None:
     if cfg.quantize not in modes:
         hint = " (quantize in PyTorch with quant=...)" if cfg.name == "torch" else ""
         raise InputError(f"runtime.quantize={cfg.quantize!r}: runtime={cfg.name} takes {' | '.join(modes)}{hint}")
+    if cfg.precision not in PRECISIONS[cfg.name]:
+        raise InputError(
+            f"runtime.precision={cfg.precision!r}: runtime={cfg.name} takes {' | '.join(PRECISIONS[cfg.name])}"
+        )
     if cfg.provider not in PROVIDERS:
         raise InputError(f"runtime.provider={cfg.provider!r}: expected one of {', '.join(PROVIDERS)}")
     if cfg.name == "openvino" and cfg.provider == "cuda":

@@ -21,10 +21,18 @@ def write_trec_run(path: Path, run: dict[str, list[tuple[str, float]]], tag: str
 
 
 def write_run_files(run_dir: Path, results: dict, rows: list[dict], ranked: dict, tag: str) -> None:
-    """run.trec, per_query.jsonl, then results.json last: its presence means the run is complete."""
-    write_trec_run(run_dir / "run.trec", ranked, tag=tag)
-    write_jsonl(run_dir / "per_query.jsonl", rows)
-    write_json(run_dir / "results.json", results)
+    """run.trec, per_query.jsonl, then results.json last: its presence means the run is complete. When one
+    fails (a full disk), none of the three is left: no file of this run beside another run's results."""
+    files = (run_dir / "results.json", run_dir / "run.trec", run_dir / "per_query.jsonl")
+    files[0].unlink(missing_ok=True)  # a rerun in the same folder: the old results no longer describe it
+    try:
+        write_trec_run(files[1], ranked, tag=tag)
+        write_jsonl(files[2], rows)
+        write_json(files[0], results)
+    except BaseException:
+        for f in files[1:]:
+            f.unlink(missing_ok=True)
+        raise
 
 
 def _flat(prefix: str, d: dict) -> dict[str, Any]:
@@ -74,7 +82,11 @@ def summary_of(results: dict[str, Any]) -> dict[str, Any]:
         out["fidelity/embedding_cosine_min"] = fid["embedding_cosine"]["min"]
         out["fidelity/top10_overlap"] = fid["ranking"]["top10_overlap"]
         out["fidelity/rbo"] = fid["ranking"]["rbo_p0.9"]
-        out["verdict/accept"] = int(results["verdict"]["accept"])
+        v = results["verdict"]
+        out["verdict/accept"] = int(v["accept"])
+        out["verdict/outcome"] = v.get("outcome", "accept" if v["accept"] else "reject")
+        if v.get("queries_to_decide") is not None:
+            out["verdict/queries_to_decide"] = v["queries_to_decide"]
     return out
 
 
@@ -111,5 +123,8 @@ def results_of(config: dict, summary: dict) -> dict:
         res["deltas"] = {
             m: {"delta": v, "ci95": pair("delta_ci_low", "delta_ci_high", m)} for m, v in prefixed("delta/").items()
         }
-        res["verdict"] = {"accept": bool(summary.get("verdict/accept"))}
+        accept = bool(summary.get("verdict/accept"))
+        res["verdict"] = {"accept": accept, "outcome": summary.get("verdict/outcome", "accept" if accept else "reject")}
+        if "verdict/queries_to_decide" in summary:
+            res["verdict"]["queries_to_decide"] = summary["verdict/queries_to_decide"]
     return res

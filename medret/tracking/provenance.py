@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import resource
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,18 @@ def peak_memory(device: torch.device) -> dict[str, int]:
 
 def device_info(device: torch.device, placement: str) -> dict[str, Any]:
     info: dict[str, Any] = {"encoder": str(device), "index": placement, "cpu_threads": torch.get_num_threads()}
+    info["faiss_simd"] = faiss_simd_level()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def faiss_simd_level() -> str | None:
+    """The SIMD code faiss runs (AVX2, AVX512, ... or NONE): a slow generic build shows here."""
+    import faiss
+
+    try:  # faiss >= 1.11 is one dynamic-dispatch build that picks its level at run time
+        return str(faiss.SIMDConfig.get_level_name())
+    except AttributeError:  # older wheels: one module per level; the one the loader imported is the one used
+        loaded = [lvl for lvl in ("avx512_spr", "avx512", "avx2") if f"faiss.swigfaiss_{lvl}" in sys.modules]
+        return loaded[0].upper() if loaded else "NONE"

@@ -17,9 +17,14 @@ log = logging.getLogger(__name__)
 class RunTracker:
     """Receives the resolved config, summary metrics and a per-query table of ids and scores."""
 
-    def __init__(self, run: Any | None, log_text: bool):
+    def __init__(self, run: Any | None, log_text: bool, mode: str | None = None):
         self.run = run
         self.log_text = log_text
+        self.mode = mode  # the mode the run really uses: offline when online was asked but unreachable
+
+    def describe(self) -> dict[str, Any]:
+        """The results.json block naming this run."""
+        return {"run_id": self.run.id if self.run else None, "dir": self.run_dir, "mode": self.mode}
 
     @property
     def run_dir(self) -> str | None:
@@ -84,6 +89,8 @@ def check_logger(cfg: LoggerConfig) -> None:
         raise InputError(f"logger.name={cfg.name!r}: expected wandb or none")
     if cfg.name == "wandb" and cfg.mode not in ("online", "offline", "disabled"):
         raise InputError(f"logger.mode={cfg.mode!r}: expected online, offline or disabled")
+    if cfg.name == "wandb" and not cfg.init_timeout > 0:
+        raise InputError(f"logger.init_timeout={cfg.init_timeout!r}: expected seconds > 0")
 
 
 def start_tracker(
@@ -105,8 +112,6 @@ def start_tracker(
         ("WANDB_CONFIG_DIR", "config"),
     ):
         os.environ.setdefault(var, str(run_dir / "wandb" / sub))
-    import wandb
-
     sweep, overrides = hydra_context()
     # overrides name the run; values of data paths are kept to their last component
     label = " ".join(
@@ -114,21 +119,63 @@ def start_tracker(
         for o in overrides
         if not o.startswith("hydra.")
     )
-    run = wandb.init(
-        project=cfg.project,
-        entity=cfg.entity,
-        group=cfg.group or sweep,
-        tags=[*cfg.tags, *(tags or [])] or None,
-        name=name or label or None,
-        mode=cfg.mode,
-        dir=str(run_dir),
-        config=config,
-        job_type=job_type,
-        id=run_identity(run_dir),
-        resume="allow",
-        settings=wandb.Settings(console="off", x_disable_stats=True),
-    )
+    init = {
+        "project": cfg.project,
+        "entity": cfg.entity,
+        "group": cfg.group or sweep,
+        "tags": [*cfg.tags, *(tags or [])] or None,
+        "name": name or label or None,
+        "dir": str(run_dir),
+        "config": config,
+        "job_type": job_type,
+        "id": run_identity(run_dir),
+        "resume": "allow",
+    }
+    run, mode = _init_online(cfg, init) if cfg.mode == "online" else (_init(init, cfg.mode), cfg.mode)
     for metric in ("ndcg@*", "recall@*", "precision@*", "f1@*", "mrr@*", "map@*", "delta/*"):
         run.define_metric(metric, summary="last")
-    log.info("W&B run %s (%s) in %s", run.id, cfg.mode, run_dir / "wandb")
-    return RunTracker(run, cfg.log_text)
+    where = run.url if mode == "online" else run_dir / "wandb"
+    log.info("W&B run %s (%s) %s", run.id, mode, where)
+    return RunTracker(run, cfg.log_text, mode)
+
+
+def _init(init: dict[str, Any], mode: str, **settings: Any) -> Any:
+    import wandb
+
+    return wandb.init(mode=mode, **init, settings=wandb.Settings(console="off", x_disable_stats=True, **settings))
+
+
+def _init_online(cfg: LoggerConfig, init: dict[str, Any]) -> tuple[Any, str]:
+    """An online run, or, when the server cannot be reached or no login is configured, an offline one
+    in the same place (one warning line; synced later): tracking never costs a run its results."""
+    import wandb
+
+    reason = "no W&B login configured (wandb login, or WANDB_API_KEY)"
+    if has_wandb_login():
+        try:  # silent: a failure is reported by the one warning below, not by wandb's own lines
+            return _init(init, "online", init_timeout=cfg.init_timeout, silent=True), "online"
+        except wandb.errors.Error as e:
+            first = (str(e).splitlines() or [""])[0][:200]
+            reason = f"the W&B server did not take the run within {cfg.init_timeout:g} s ({type(e).__name__}: {first})"
+            wandb.teardown()  # the failed run still holds its id; the offline run reuses it
+    run = _init(init, "offline", silent=True)
+    log.warning(
+        "logger.mode=online: %s; logging offline instead, sync later with: wandb sync %s",
+        reason,
+        Path(run.dir).parent,
+    )
+    return run, "offline"
+
+
+def has_wandb_login() -> bool:
+    """Whether W&B finds credentials, asked without a prompt (a terminal would otherwise ask mid-run)."""
+    import wandb
+
+    try:
+        from wandb.sdk.wandb_login import _login  # private, but the one call that never prompts or prints
+
+        return bool(_login(prompt=False, verify=False, _silent=True)[0])
+    except (ImportError, TypeError):  # another wandb: let wandb.init decide
+        return True
+    except wandb.errors.Error:
+        return False

@@ -25,19 +25,21 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from medret.cache import cache_root
-from medret.config import TrainRootConfig, typed
-from medret.data import RetrievalDataset, load_dataset
+from medret.config import TrainConfig, TrainRootConfig, typed
+from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
 from medret.losses import info_nce
 from medret.metrics import check_metric
 from medret.models import Retriever, load_retriever
+from medret.models.encoder import check_model_options
 from medret.models.lora import load_adapter_files, merge_to_dense, save_adapter_files, save_adapters
 from medret.models.saving import export, save_quantized
 from medret.quant import needs_calibration, quant_identity, quantize_retriever, scheme, validate
+from medret.quant.apply import drop_unused_bits
 from medret.quant.fake import attach_fake_quant, detach_fake_quant
 from medret.retrieval import RetrievalSettings, model_identity, retrieve, score
 from medret.storage import digest, write_atomic, write_json
-from medret.tracking import start_tracker
+from medret.tracking import check_logger, start_tracker
 from medret.training.pairs import PairSplit, split_pairs
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,33 @@ def _batch(split: PairSplit, step: int, batch_size: int, seed: int) -> list[tupl
     return [split.pairs[i] for i in order[pos * batch_size : (pos + 1) * batch_size]]
 
 
+def check_train_numbers(t: TrainConfig) -> None:
+    """Step counts, rates and sizes: a zero or NaN here would export an untouched model or fail mid-run."""
+    for name in ("max_steps", "batch_size", "grad_accum", "dev_every", "checkpoint_every", "keep_checkpoints"):
+        if getattr(t, name) < 1:
+            raise InputError(f"train.{name}={getattr(t, name)}: expected a positive integer")
+    for name in ("warmup_steps", "hard_negatives"):
+        if getattr(t, name) < 0:
+            raise InputError(f"train.{name}={getattr(t, name)}: expected 0 or more")
+    for name in ("lr", "temperature"):
+        if not (math.isfinite(getattr(t, name)) and getattr(t, name) > 0):
+            raise InputError(f"train.{name}={getattr(t, name)}: expected a finite number > 0")
+    for name in ("weight_decay", "max_grad_norm"):  # max_grad_norm=0: no clipping
+        if not (math.isfinite(getattr(t, name)) and getattr(t, name) >= 0):
+            raise InputError(f"train.{name}={getattr(t, name)}: expected a finite number >= 0")
+    if not 0 <= t.dev_fraction < 1:
+        raise InputError(f"train.dev_fraction={t.dev_fraction}: expected 0 <= fraction < 1")
+
+
 def check_options(cfg: TrainRootConfig) -> None:
     t, kind = cfg.train, scheme(cfg.quant.name).kind
     if t.name not in KINDS:
         raise InputError(f"train={t.name}: expected {', '.join(KINDS)}")
+    check_data_options(cfg.data)
+    check_model_options(cfg.model)
+    check_train_numbers(t)
+    check_logger(cfg.logger)
+    drop_unused_bits(cfg.quant)
     check_metric("eval.optimize_metric", cfg.eval.optimize_metric, sorted({*cfg.eval.k_values, 10}))
     if t.batch_size < 2 and t.hard_negatives == 0:
         raise InputError(
@@ -389,8 +414,9 @@ def run_train(cfg: TrainRootConfig | DictConfig, run_dir: Path) -> dict[str, Any
         "quant": finish(s, run_dir, state),
         "history": state["history"],
         "config": dataclasses.asdict(cfg),
+        "wandb": tracker.describe(),
     }
-    write_json(run_dir / "train_results.json", results)
+    write_json(run_dir / "train_results.json", results)  # before the tracker's last calls: they cannot lose it
     tracker.log_summary({k: v for k, v in results.items() if isinstance(v, (int, float)) and v is not None})
     tracker.finish()
     if math.isnan(results["final_loss"] or 0.0):

@@ -1,0 +1,85 @@
+"""The table a multirun ends with: one row per job, read back from each job's results file
+(registered as a Hydra callback in conf/evaluate.yaml and conf/train.yaml)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def _number(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def evaluate_row(res: dict[str, Any]) -> dict[str, str]:
+    metric = res.get("verdict", {}).get("metric") or "ndcg@10"
+    delta = res.get("deltas", {}).get(metric, {}).get("delta")
+    verdict = res.get("verdict", {})
+    size = res.get("sizes", {}).get("model_param_bytes")
+    return {
+        metric: _number(res.get("metrics", {}).get(metric), ".4f"),
+        "delta": _number(delta, "+.4f"),
+        "verdict": str(verdict.get("outcome") or ("accept" if verdict.get("accept") else "reject")) if verdict else "-",
+        "model MB": _number(None if size is None else size / 2**20, ".2f"),
+        "docs/s": _number(res.get("throughput", {}).get("encode_docs_per_s"), ".0f"),
+    }
+
+
+def train_row(res: dict[str, Any]) -> dict[str, str]:
+    best = next((k for k in res if k.startswith("best_dev_")), "best_dev")
+    return {
+        "steps": str(res.get("steps", "-")),
+        best: _number(res.get(best), ".4f"),
+        "best step": str(res.get("best_step") or "-"),
+        "final loss": _number(res.get("final_loss"), ".4f"),
+    }
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    """One row per job folder: the overrides that differ between jobs, then its figures (or why none)."""
+    jobs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()), key=_job_order)
+    overrides = {d: yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or [] for d in jobs}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    rows = []
+    for d in jobs:
+        row = {"job": d.name, "overrides": " ".join(o for o in overrides[d] if o not in shared) or "-"}
+        if (d / "results.json").is_file():
+            row.update(evaluate_row(json.loads((d / "results.json").read_text())))
+        elif (d / "train_results.json").is_file():
+            row.update(train_row(json.loads((d / "train_results.json").read_text())))
+        else:
+            row["result"] = "no results (failed or still running; see its log)"
+        rows.append(row)
+    return rows
+
+
+def _job_order(d: Path) -> tuple[int, str]:
+    return (int(d.name), "") if d.name.isdigit() else (1 << 30, d.name)
+
+
+def format_table(rows: list[dict[str, str]]) -> str:
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    width = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(width[c]) for c in columns)]
+    lines += ["  ".join(r.get(c, "").ljust(width[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """After the last job of a multirun: the table on stdout and as summary.txt in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from medret.storage import write_atomic
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        rows = job_rows(sweep_dir) if sweep_dir.is_dir() else []
+        if not rows:
+            return
+        table = format_table(rows)
+        write_atomic(sweep_dir / "summary.txt", [table, "\n"])
+        print(f"\nsweep {sweep_dir}: {len(rows)} runs\n{table}", flush=True)
