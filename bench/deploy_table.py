@@ -36,6 +36,7 @@ VARIANTS: dict[str, list[str]] = {
     "onnx-static_int8": ["runtime=onnx", "runtime.quantize=static_int8"],
     "openvino": ["runtime=openvino"],
     "openvino-int8": ["runtime=openvino", "runtime.quantize=int8"],
+    "openvino-int8-bf16": ["runtime=openvino", "runtime.quantize=int8", "runtime.precision=bf16"],
     "openvino-int4_weights": ["runtime=openvino", "runtime.quantize=int4_weights"],
 }
 COLUMNS = ["variant", "runtime", "whole_MB", "disk_MB", "eff_bits_all", "ndcg@10", "delta", "ci95", "verdict"]

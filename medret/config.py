@@ -72,7 +72,12 @@ class QuantConfig:
     kmeans_iters: int = 25
     base: str | None = None  # outliers: the scheme that quantizes the dense part
     outlier_fraction: float = 0.0  # keep this fraction of largest-|w| weights in fp16 (any custom scheme)
-    calibration_texts: int = 64  # fisher_kmeans: corpus texts whose squared gradients weight k-means
+    calibration_texts: int = 64  # fisher_kmeans, method=gptq: seeded sample of unlabelled corpus texts
+    # how weights are rounded to the scheme's grid: rtn (round-to-nearest) | gptq (Hessian error compensation,
+    # any custom level set) | hqq (half-quadratic fit of scale and zero, the hqq package; uniform asymmetric)
+    method: str = "rtn"
+    gptq_damp: float = 0.01  # gptq: added to the Hessian diagonal, as a fraction of its mean
+    act_order: bool = False  # gptq: columns in decreasing Hessian diagonal; group grids fitted up front
     # bitsandbytes
     threshold: float = 6.0  # LLM.int8 outlier threshold
     blocksize: int = 64
@@ -88,6 +93,11 @@ class QuantConfig:
     # custom schemes: decode the packed weights once after quantizing (runs at fp32 speed), or on every
     # forward (per_forward: only the packed codes stay resident; for memory measurements)
     decode: str = "once"
+    # quant=auto: bits per layer from a sensitivity scan (python -m medret.sensitivity), under this budget of
+    # average effective bits per parameter; measure = which scanned drop is minimised (fidelity | ndcg)
+    target_bits: float | None = None
+    sensitivity: str | None = None
+    sensitivity_measure: str = "fidelity"
 
 
 @dataclass

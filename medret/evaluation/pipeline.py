@@ -35,6 +35,7 @@ from medret.quant import (
     validate,
 )
 from medret.quant.apply import drop_unused_bits
+from medret.quant.auto import check_scanned_weights, leave_out_dev_queries, resolve_auto
 from medret.retrieval import Retrieval, RetrievalSettings, encode_one_shard, model_identity, retrieve
 from medret.runtime import build_runtime
 from medret.runtime import needs_calibration as runtime_needs_calibration
@@ -227,6 +228,8 @@ def runtime_stage(
         # decode-once left dense layers holding medret's dequantized weights: the graph simulates them
         info.update(quantization="simulated", from_medret_quant=True)
     identity = {k: v for k, v in dataclasses.asdict(rt).items() if k not in ("threads", "provider")}
+    if identity["precision"] == "f32":
+        del identity["precision"]  # added later: runs at the default keep their cache keys
     return Retriever(query, doc), info, {**key, "runtime": identity}
 
 
@@ -311,8 +314,11 @@ def publish(cfg: EvaluateConfig, run_dir: Path, results: dict, rows: list[dict],
 def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg, run_dir = typed(cfg, EvaluateConfig), Path(run_dir)
+    # quant=auto: bits per layer from a sensitivity scan, as plain overrides before any check or model
+    cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, run_dir)
     check_options(cfg)
     data, ks = load_checked_data(cfg)
+    data = leave_out_dev_queries(data, auto)  # quant=auto tuned on a holdout of this split: not reported on
     root = cache_root(cfg.cache.dir)
     ensure_writable(root)
     check_gpu_limits(cfg.index, ks[-1], choose_placement(cfg.index))
@@ -320,8 +326,11 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     retriever = load_retriever(cfg.model)
     factory_string(cfg.index, retriever.doc.dim)  # index.m must divide the dim: known once the model loads
     identity = model_identity(retriever)
+    check_scanned_weights(auto, identity)
     base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity)
     quant_info, qkey = quantize_stage(retriever, data, cfg)
+    if auto:  # the choice, its budget, and the bits/param the real quantization reached
+        quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get("effective_bits_per_param")}
     key = {"weights": identity, "quant": qkey}
     if cfg.cache.only_shard is not None:
         return encode_only(retriever, data, cfg, root, key, run_dir)

@@ -10,6 +10,7 @@ on any object with ``encoders()`` whose items hold ``model``, ``tokenizer`` and 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from medret.quant.apply import (
@@ -61,6 +62,7 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     n_params = sum(param_count(e.model) for e in encoders)  # as loaded: the "per parameter" of bits/param
     info: dict[str, Any] = {"scheme": cfg.name, "bits": cfg.bits}
     s = scheme(cfg.name)
+    started = time.perf_counter()
     if s.kind == "cast":
         for e in encoders:
             e.model.to(s.dtype)
@@ -70,6 +72,7 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     else:
         if calibration and len(calibration) > cfg.calibration_texts:
             calibration = random.Random(0).sample(calibration, cfg.calibration_texts)
+        info.update(_method_info(cfg, calibration))
         reports = [
             quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
             for e in encoders
@@ -86,8 +89,18 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
         )
         if s.kind == "bnb" and s.bits == 4:
             info["bnb_4bit_compute_dtype_requested"] = cfg.compute_dtype
+    info["quantize_s"] = round(time.perf_counter() - started, 3)
     info.update(model_sizes(encoders, n_params))
     info["fp32_model_bytes"] = fp32_bytes
+    return info
+
+
+def _method_info(cfg, calibration: list[str] | None) -> dict[str, Any]:
+    """How the weights were rounded, and from how many corpus texts (GPTQ's Hessians, Fisher weights)."""
+    used = len(calibration or []) if needs_calibration(cfg) else 0
+    info: dict[str, Any] = {"method": cfg.method, "calibration_texts_used": used}
+    if cfg.method == "gptq":
+        info.update({"gptq_damp": cfg.gptq_damp, "act_order": cfg.act_order})
     return info
 
 

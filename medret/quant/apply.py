@@ -15,7 +15,7 @@ from torch import nn
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant import outliers
+from medret.quant import gptq, hqq_method, outliers
 from medret.quant.bnb import BNB_DEVICES, dequantized_weight, probe_compute_dtype, replace_linear
 from medret.quant.calibration import squared_gradients
 from medret.quant.embedding import QuantEmbedding, bnb_embedding, word_embeddings
@@ -38,8 +38,15 @@ def quant_identity(cfg) -> dict:
     d = dataclasses.asdict(as_config(cfg))
     for key in ("save_dir", "decode"):  # where it is saved and when it is decoded change no embedding
         d.pop(key, None)
+    for key in ("target_bits", "sensitivity", "sensitivity_measure"):  # quant=auto's request: resolved to overrides
+        d.pop(key, None)
     if not d["embeddings"]:
         d.pop("embeddings")  # keeps the cache keys of runs from before the option existed
+    if d["method"] != "gptq":  # GPTQ's own options change no other method's weights
+        d.pop("gptq_damp")
+        d.pop("act_order")
+    if d["method"] == "rtn":
+        d.pop("method")  # round-to-nearest runs keep the cache keys they had before methods existed
     return d
 
 
@@ -52,6 +59,32 @@ def _check_custom(cfg: QuantConfig) -> None:
         raise InputError(f"quant.group_size={cfg.group_size}: expected at least 2")
     if not 0.0 <= cfg.outlier_fraction < 0.5:
         raise InputError(f"quant.outlier_fraction={cfg.outlier_fraction}: expected 0 <= fraction < 0.5")
+    _check_method(cfg)
+
+
+# schemes whose fitted grid GPTQ rounds to: every custom one but the dense-and-sparse split
+GPTQ_SCHEMES = ("uniform", "nf", "log", "companding", "kmeans", "fisher_kmeans")
+
+
+def _check_method(cfg: QuantConfig) -> None:
+    if cfg.method not in ("rtn", "gptq", "hqq"):
+        raise InputError(f"quant.method={cfg.method!r}: expected rtn, gptq or hqq")
+    if cfg.method == "gptq":
+        if cfg.name not in GPTQ_SCHEMES or cfg.outlier_fraction > 0:
+            raise InputError(
+                f"quant.method=gptq: rounds to the grid of {', '.join(GPTQ_SCHEMES)} without outliers, "
+                f"not quant={cfg.name} with outlier_fraction={cfg.outlier_fraction}"
+            )
+        if not 0.0 < cfg.gptq_damp < 1.0:
+            raise InputError(f"quant.gptq_damp={cfg.gptq_damp}: expected 0 < damp < 1 (a fraction of mean diag H)")
+    if cfg.method == "hqq":
+        if cfg.name != "uniform" or cfg.symmetric:
+            raise InputError(
+                f"quant.method=hqq: fits a uniform asymmetric grid (a scale and a zero per group); set "
+                f"quant=uniform quant.symmetric=false, not quant={cfg.name} symmetric={cfg.symmetric}"
+            )
+        if cfg.bits not in hqq_method.BITS:
+            raise InputError(f"quant.bits={cfg.bits}: method hqq supports {', '.join(map(str, hqq_method.BITS))}")
 
 
 def _check_bnb(cfg: QuantConfig, device: str) -> None:
@@ -70,6 +103,10 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
     s = scheme(cfg.name)
     if s.kind == "custom":
         _check_custom(cfg)
+    elif cfg.method != "rtn" and s.kind != "none":  # none: the module is left as it is, by any method
+        raise InputError(f"quant.method={cfg.method}: needs a custom scheme (a grid it fits), not quant={cfg.name}")
+    if needs_calibration(cfg) and cfg.calibration_texts < 2:
+        raise InputError(f"quant.calibration_texts={cfg.calibration_texts}: expected at least 2 corpus texts")
     if s.kind == "bnb":
         _check_bnb(cfg, device)
     if s.check is not None:
@@ -103,7 +140,8 @@ def module_specs(cfg: QuantConfig) -> list[QuantConfig]:
 def needs_calibration(cfg) -> bool:
     """Whether any module's scheme (top level or an override) needs corpus texts (Fisher-weighted k-means)."""
     return any(
-        scheme(name).calibrated for spec in module_specs(cfg) for name in (spec.name, spec.base) if name is not None
+        spec.method == "gptq" or any(scheme(name).calibrated for name in (spec.name, spec.base) if name is not None)
+        for spec in module_specs(cfg)
     )
 
 
@@ -149,8 +187,8 @@ def quantize_weight(
     dense, idx, val = outliers.split(weight.float(), spec.outlier_fraction)
     if importance is not None and idx.numel():  # outliers are kept exactly: they pull no centroid
         importance = importance.reshape(-1).index_fill(0, idx.long(), 0.0).view_as(weight)
-    state = scheme(spec.name).quantize(dense, spec, group_size, importance)
-    return outliers.attach(state, idx, val)
+    fit = hqq_method.quantize if spec.method == "hqq" else scheme(spec.name).quantize
+    return outliers.attach(fit(dense, spec, group_size, importance), idx, val)
 
 
 def error_stats(w: torch.Tensor, w_hat: torch.Tensor) -> dict[str, float]:
@@ -181,16 +219,48 @@ def _custom_layer(
     w = lin.weight.detach()
     gs = group_size_for(w, spec, name)
     state = quantize_weight(w.cpu(), spec, gs, importance)
-    report = {
+    return QuantLinear.from_state(state, lin.bias).to(device), _layer_report(name, spec, gs, w.cpu(), state)
+
+
+def _layer_report(
+    name: str,
+    spec: QuantConfig,
+    group_size: int,
+    w: torch.Tensor,
+    state: QuantState,
+    decoded: torch.Tensor | None = None,
+) -> dict:
+    return {
         "name": name,
         "scheme": spec.name,
+        "method": spec.method,
         "bits": spec.bits,
-        "group_size": gs,
+        "group_size": group_size,
         "effective_bits": state.effective_bits(),
         "params": w.numel(),
-        **error_stats(w.cpu(), dequantize(state)),
+        **error_stats(w, dequantize(state) if decoded is None else decoded),
     }
-    return QuantLinear.from_state(state, lin.bias).to(device), report
+
+
+def _gptq_layers(model: nn.Module, tokenizer, specs: dict, calibration, max_length: int, importance) -> list[dict]:
+    """GPTQ over ``specs`` in forward order, after every other layer is quantized (its inputs are theirs)."""
+    device = next(model.parameters()).device
+    sizes = {n: group_size_for(model.get_submodule(n).weight, s, n) for n, s in specs.items()}
+    done = gptq.quantize_layers(model, tokenizer, calibration, specs, sizes, max_length, importance)
+    reports = []
+    for name, r in done.items():
+        lin = model.get_submodule(name)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(
+            model.get_submodule(parent_name) if parent_name else model,
+            attr,
+            QuantLinear.from_state(r.state, lin.bias).to(device),
+        )
+        report = _layer_report(name, specs[name], sizes[name], r.weight, r.state, r.decoded)
+        # calibration ||XW^T - XQ^T||^2 per token and output: GPTQ's and round-to-nearest's on the same scheme
+        errors = {"output_mse": r.output_error, "output_mse_rtn": r.output_error_rtn, "calibration_tokens": r.tokens}
+        reports.append({**report, **errors})
+    return reports
 
 
 def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, device: torch.device) -> dict:
@@ -213,7 +283,8 @@ def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, device: torch.devic
         w_hat = dequantize(state)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-    return {"name": name, "scheme": spec.name, **report, "params": w.numel(), **error_stats(w, w_hat)}
+    method = "rtn" if spec.method == "gptq" else spec.method  # a lookup table has no input Hessian: rounded
+    return {"name": name, "scheme": spec.name, "method": method, **report, "params": w.numel(), **error_stats(w, w_hat)}
 
 
 def quantize_model(
@@ -224,12 +295,13 @@ def quantize_model(
     specs = {n: s for n, s in specs.items() if s.name != "none"}
     importance: dict[str, torch.Tensor] = {}
     need_fisher = [n for n, s in specs.items() if any(scheme(x).calibrated for x in (s.name, s.base) if x)]
+    if (need_fisher or any(s.method == "gptq" for s in specs.values())) and not calibration:
+        raise InputError(f"quant={cfg.name} method={cfg.method}: no calibration texts (the corpus is empty)")
     if need_fisher:
-        if not calibration:
-            raise InputError(f"quant={cfg.name}: no calibration texts (the corpus is empty)")
         importance = squared_gradients(model, tokenizer, calibration, need_fisher, pooling, max_length)
+    by_gptq = {n: s for n, s in specs.items() if s.method == "gptq"}
     layers, compute_dtype = [], None
-    for name, spec in specs.items():
+    for name, spec in ((n, s) for n, s in specs.items() if n not in by_gptq):
         lin = model.get_submodule(name)
         if scheme(spec.name).kind == "bnb":
             new, report = _bnb_layer(name, lin, spec, device)
@@ -240,8 +312,13 @@ def quantize_model(
         layers.append(report)
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-    if cfg.embeddings:
-        layers.append(_quantize_embeddings(model, cfg, device))
+    embedding = _quantize_embeddings(model, cfg, device) if cfg.embeddings else None  # before GPTQ reads inputs
+    if by_gptq:
+        layers += _gptq_layers(model, tokenizer, by_gptq, calibration, max_length, importance)
+        order = list(specs)
+        layers.sort(key=lambda x: order.index(x["name"]))
+    if embedding is not None:
+        layers.append(embedding)
     total = sum(x["params"] for x in layers)
     return {
         "layers": layers,

@@ -125,6 +125,8 @@ def check_options(cfg: TrainRootConfig) -> None:
         )
     if t.name in ("qat", "qlora"):
         validate(cfg.quant)
+    if t.name == "qat" and cfg.quant.method != "rtn":  # QAT trains through round-to-nearest: exports the same
+        raise InputError(f"quant.method={cfg.quant.method}: train=qat trains and exports round-to-nearest (rtn)")
     if t.name == "qlora" and kind in ("none", "cast"):
         raise InputError(
             f"quant={cfg.quant.name}: qlora trains adapters over a quantized base; use bnb_nf4, "

@@ -1,0 +1,186 @@
+"""``quant=auto``: bits per layer chosen from a sensitivity scan (``python -m medret.sensitivity``) under an
+average-bits budget, turned into the ordinary ``quant.overrides`` before anything is quantized.
+
+The budget is effective bits per parameter over the scanned (quantized) linears, each width priced by the
+storage the scan measured for it (codes + codebooks + scales of the scan's scheme). The loss minimised is
+the sum of the single-layer drops the scan measured (``quant.sensitivity_measure``): additivity across
+layers is an assumption, checked by evaluating the choice. Solver: ``medret.quant.budget`` (exact DP).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from medret.config import QuantConfig
+from medret.errors import InputError
+from medret.quant.apply import as_config, quant_identity
+from medret.quant.budget import DEFAULT_STEPS, choose_options
+from medret.quant.registry import Scheme, register
+from medret.storage import write_atomic
+
+SCAN_FORMAT = "medret-sensitivity/1"
+MEASURES = {"fidelity": "fidelity_drop", "ndcg": "ndcg_drop"}  # quant.sensitivity_measure -> scan curve key
+CHOICE_FILE = Path("quant") / "auto_choice.yaml"  # in the run dir: a quant group file (hydra.searchpath)
+
+
+def _unresolved(cfg: QuantConfig) -> None:
+    raise InputError(
+        "quant=auto: only evaluate.py turns a sensitivity scan into bits per layer; pass the YAML it wrote "
+        "(quant/auto_choice.yaml in its run dir) instead"
+    )
+
+
+register(Scheme("auto", "auto", check=_unresolved, qat=False))
+
+
+def read_scan(cfg: QuantConfig, model_path: str, revision: str | None) -> dict[str, Any]:
+    """The scan JSON named by quant.sensitivity, checked against the run (before any model loads)."""
+    if cfg.target_bits is None or not math.isfinite(cfg.target_bits) or cfg.target_bits <= 0:
+        raise InputError(f"quant.target_bits={cfg.target_bits}: quant=auto needs a budget in bits/param (e.g. 3.0)")
+    if cfg.sensitivity_measure not in MEASURES:
+        raise InputError(f"quant.sensitivity_measure={cfg.sensitivity_measure!r}: expected {' or '.join(MEASURES)}")
+    if not cfg.sensitivity:
+        raise InputError("quant.sensitivity: quant=auto needs the sensitivity.json a scan wrote (medret.sensitivity)")
+    path = Path(cfg.sensitivity)
+    if not path.is_file():
+        raise InputError(f"quant.sensitivity={path}: no such file (expected a medret.sensitivity scan's JSON)")
+    try:
+        scan = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (expected a medret.sensitivity scan's JSON)") from None
+    if not isinstance(scan, dict) or scan.get("format") != SCAN_FORMAT or not scan.get("layers"):
+        raise InputError(f"{path}: not a medret sensitivity scan (expected format {SCAN_FORMAT!r} with layers)")
+    scanned = scan["model"]
+    if (scanned.get("path"), scanned.get("revision")) != (model_path, revision):
+        raise InputError(
+            f"quant.sensitivity={path}: scanned model.path={scanned.get('path')} (revision {scanned.get('revision')}),"
+            f" this run's is {model_path} (revision {revision}); scan this model first"
+        )
+    return scan
+
+
+def _curves(scan: dict, measure: str) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(layer names, widths, costs in stored bits, losses, params) as [layers, widths] arrays."""
+    bits = [int(b) for b in scan["bits"]]
+    names = [layer["name"] for layer in scan["layers"]]
+    params = np.array([layer["params"] for layer in scan["layers"]], np.float64)
+    curve = [[layer["curve"][str(b)] for b in bits] for layer in scan["layers"]]
+    costs = np.array([[c["effective_bits"] for c in row] for row in curve]) * params[:, None]
+    losses = np.array([[c[MEASURES[measure]] for c in row] for row in curve], np.float64)
+    return names, bits, costs, losses, params
+
+
+def choose_bits(scan: dict, target_bits: float, measure: str, where: str) -> dict[str, Any]:
+    """Bits per layer for the budget; the predicted bits/param and drop of the choice."""
+    names, bits, costs, losses, params = _curves(scan, measure)
+    total = params.sum()
+    low, high = costs.min(axis=1).sum() / total, costs.max(axis=1).sum() / total
+    if not low <= target_bits <= high:
+        raise InputError(
+            f"quant.target_bits={target_bits}: out of range for {where}: its widths {bits} give "
+            f"{low:.4f} to {high:.4f} effective bits/param"
+        )
+    picks = choose_options(costs, losses, target_bits * total)
+    rows = range(len(names))
+    return {
+        "bits_per_layer": {n: bits[j] for n, j in zip(names, picks)},
+        "predicted_bits_per_param": float(sum(costs[i, j] for i, j in zip(rows, picks)) / total),
+        "predicted_drop": float(sum(losses[i, j] for i, j in zip(rows, picks))),
+        "bits_range": [float(low), float(high)],
+    }
+
+
+def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) -> QuantConfig:
+    """The scan's scheme with the chosen widths: the commonest width on top, the others as exact-name overrides."""
+    counts = collections.Counter(bits_per_layer.values())
+    top = max(sorted(counts), key=lambda b: counts[b])  # ties: the lowest width
+    fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
+    overrides = {name: {"bits": b} for name, b in bits_per_layer.items() if b != top}
+    return replace(
+        QuantConfig(**fields),
+        bits=top,
+        overrides=overrides,
+        save_dir=run.save_dir,
+        decode=run.decode,
+        target_bits=None,
+        sensitivity=None,
+    )
+
+
+def choice_yaml(cfg: QuantConfig, info: dict, run_dir: Path) -> str:
+    header = (
+        f"# quant=auto: bits per layer for {info['target_bits']} bits/param from {info['sensitivity']}\n"
+        f"# (measure {info['measure']}; predicted {info['predicted_bits_per_param']:.4f} bits/param).\n"
+        f"# The same weights again: evaluate.py hydra.searchpath=[file://{Path(run_dir).resolve()}] quant=auto_choice\n"
+    )
+    return header + yaml.safe_dump(quant_identity(cfg), sort_keys=False)
+
+
+def resolve_auto(
+    cfg: Any, model_path: str, revision: str | None, run_dir: Path | None
+) -> tuple[QuantConfig, dict[str, Any] | None]:
+    """quant=auto -> the concrete per-layer config (and what was chosen, for results.json); any other
+    quant config comes back unchanged with None. Writes ``quant/auto_choice.yaml`` into ``run_dir``."""
+    cfg = as_config(cfg)
+    if cfg.name != "auto":
+        return cfg, None
+    scan = read_scan(cfg, model_path, revision)
+    info = {
+        "target_bits": cfg.target_bits,
+        "sensitivity": str(cfg.sensitivity),
+        "measure": cfg.sensitivity_measure,
+        "solver": f"multiple-choice knapsack: DP over {DEFAULT_STEPS} units of the headroom; drops assumed additive",
+        **choose_bits(scan, cfg.target_bits, cfg.sensitivity_measure, str(cfg.sensitivity)),
+        "scanned_weights": scan["model"].get("weights"),
+        # scan.dev=holdout drew its dev queries from a split: a report on that split leaves those ids out
+        "scan_dev": {k: scan.get("dev", {}).get(k) for k in ("mode", "data", "queries", "query_ids")},
+    }
+    if info["scan_dev"]["mode"] != "holdout":
+        info["scan_dev"].pop("query_ids")
+    concrete = choice_config(scan, info["bits_per_layer"], cfg)
+    if run_dir is not None:
+        info["overrides_yaml"] = str(Path(run_dir) / CHOICE_FILE)
+        write_atomic(Path(run_dir) / CHOICE_FILE, [choice_yaml(concrete, info, run_dir)])
+    return concrete, info
+
+
+def check_scanned_weights(info: dict[str, Any] | None, identity: dict[str, str]) -> None:
+    """Once the model is loaded: the scan must have measured these very weights, not just the same path."""
+    if info and info.get("scanned_weights") and info["scanned_weights"] != identity:
+        raise InputError(
+            f"quant.sensitivity={info['sensitivity']}: scanned other weights than this run's model "
+            "(same model.path, different files); scan this model again"
+        )
+
+
+def leave_out_dev_queries(data: Any, info: dict[str, Any] | None) -> Any:
+    """A scan with ``scan.dev=holdout`` tuned the choice on some queries of this very split: they are not
+    reported on (counted in ``dev_queries_left_out``). Any other data set comes back unchanged."""
+    dev = (info or {}).get("scan_dev") or {}
+    if dev.get("mode") != "holdout" or dev.get("data") != data.name:
+        return data
+    held = set(dev["query_ids"])
+    keep = [i for i, q in enumerate(data.query_ids) if q not in held]
+    info["dev_queries_left_out"] = len(data.query_ids) - len(keep)
+    if len(keep) == len(data.query_ids):
+        return data
+    if not keep:
+        raise InputError(f"quant.sensitivity={info['sensitivity']}: every query of {data.name} was a scan dev query")
+    qids = [data.query_ids[i] for i in keep]
+    return replace(
+        data,
+        query_ids=qids,
+        query_texts=[data.query_texts[i] for i in keep],
+        qrels=data.qrels.subset(qids),
+        query_categories={q: c for q, c in data.query_categories.items() if q not in held},
+    )

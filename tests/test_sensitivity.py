@@ -1,0 +1,246 @@
+"""Sensitivity scan (python -m medret.sensitivity) and quant=auto: per-layer curves on a tiny random BERT,
+the knapsack against brute force, the written overrides reproducing the weights, bad options."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from medret.config import DataConfig
+from medret.data import load_dataset
+from medret.errors import InputError
+from medret.evaluation import run_evaluate
+from medret.quant.budget import choose_options
+from medret.sensitivity import register_sensitivity_config, run_sensitivity
+from tests.test_evaluate import ROOT, compose_cfg
+
+register_sensitivity_config()
+
+# a tiny BERT reading 64 tokens: the 24 (layer, width) encodes of the scan take seconds
+TINY = ("model.name=tiny", "model.max_length=64", "quant.group_size=16", "quant.calibration_texts=8", "logger=none")
+SCAN = ("data.num_records=120", "data.num_queries=30", "scan.dev_queries=8", "scan.dev_corpus=40")
+SCAN_BITS = [2, 8]
+
+
+def compose_scan(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="sensitivity", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def scan(tiny_bert, tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("scan")
+    cfg = compose_scan(f"model.path={tiny_bert}", *TINY, *SCAN, "scan.fidelity_texts=8", f"scan.bits={SCAN_BITS}")
+    run_sensitivity(cfg, run_dir)
+    return run_dir, json.loads((run_dir / "sensitivity.json").read_text())
+
+
+def eval_overrides(tiny_bert: Path, *extra: str) -> list[str]:
+    return [
+        f"model.path={tiny_bert}",
+        *TINY,
+        "data.num_records=150",
+        "data.num_queries=20",
+        "eval.k_values=[1,10]",
+        *extra,
+    ]
+
+
+def test_scan_writes_measured_and_proxy_curves_for_every_linear(scan, tiny_bert, tmp_path):
+    run_dir, report = scan
+    names = [layer["name"] for layer in report["layers"]]
+    kinds = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense")
+    expected = [f"encoder.layer.{i}.{k}" for i in range(2) for k in (*kinds, "intermediate.dense", "output.dense")]
+    assert names == expected  # every quantizable linear (the pooler is excluded as evaluate does)
+    assert set(report["types"]) == {*kinds, "intermediate.dense", "output.dense"}
+    assert all(agg["layers"] == 2 for agg in report["types"].values())
+    for layer in report["layers"]:
+        assert layer["fisher_trace"] > 0
+        for b in SCAN_BITS:
+            p = layer["curve"][str(b)]
+            assert np.isfinite([p["fidelity_drop"], p["ndcg_drop"], p["proxy"], p["ndcg"]]).all()
+            assert p["proxy"] > 0 and -1e-6 <= p["fidelity_drop"] <= 2
+        # 2 bits errs more than 8 in the weights, the proxy and the embeddings
+        lo, hi = layer["curve"]["2"], layer["curve"]["8"]
+        assert lo["weight_mse"] > hi["weight_mse"] and lo["proxy"] > hi["proxy"]
+        assert lo["fidelity_drop"] > hi["fidelity_drop"]
+    corr = report["correlation"]
+    assert set(corr["per_bits"]) == {"2", "8"} and -1 <= corr["pooled"]["fidelity_drop"] <= 1
+    assert (run_dir / "sensitivity.txt").read_text().startswith("layer")
+
+    # the dev queries are the train split's, never the test queries evaluate reports on
+    test = load_dataset(DataConfig(name="synthetic", num_records=120, num_queries=30))
+    assert report["dev"]["data"] == test.name.replace("-test", "-train") and report["dev"]["queries"] == 8
+    assert report["dev"]["corpus_docs"] < 120
+
+    # the storage priced per (layer, width) is what evaluate reports for that layer at that width
+    res = run_evaluate(compose_cfg(*eval_overrides(tiny_bert), "quant=uniform", "quant.bits=2"), tmp_path / "e")
+    evaluated = {layer["name"]: layer["effective_bits"] for layer in res["quant"]["layers"]}
+    assert evaluated == {layer["name"]: layer["curve"]["2"]["effective_bits"] for layer in report["layers"]}
+
+
+def brute_force(costs: np.ndarray, losses: np.ndarray, budget: float) -> float:
+    best = np.inf
+    for combo in itertools.product(range(costs.shape[1]), repeat=costs.shape[0]):
+        rows = range(costs.shape[0])
+        if sum(costs[i, j] for i, j in zip(rows, combo)) <= budget:
+            best = min(best, sum(losses[i, j] for i, j in zip(rows, combo)))
+    return best
+
+
+def test_knapsack_meets_the_budget_and_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n = 5
+        params = rng.integers(1, 9, size=n)
+        costs = params[:, None] * np.array([2, 3, 4, 8])  # integer bits: the DP's rounding is exact
+        losses = np.sort(rng.random((n, 4)), axis=1)[:, ::-1] * rng.random((n, 1))
+        budget = float(rng.uniform(costs[:, 0].sum(), costs[:, -1].sum()))
+        picks = choose_options(costs, losses, budget, unit=1.0)  # one unit per bit: the DP is exact
+        assert sum(costs[i, j] for i, j in enumerate(picks)) <= budget
+        assert sum(losses[i, j] for i, j in enumerate(picks)) == pytest.approx(brute_force(costs, losses, budget))
+    # real-valued costs (bits with scales): fits the budget and, at the default units, matches brute force
+    costs = rng.integers(100, 900, size=(6, 1)) * np.array([2.27, 3.27, 4.27, 8.27])
+    losses = np.sort(rng.random((6, 4)), axis=1)[:, ::-1].copy()
+    budget = 3.1 * costs[:, 0].sum() / 2.27
+    picks = choose_options(costs, losses, budget)
+    assert sum(costs[i, j] for i, j in enumerate(picks)) <= budget
+    assert sum(losses[i, j] for i, j in enumerate(picks)) == pytest.approx(brute_force(costs, losses, budget))
+    with pytest.raises(ValueError):
+        choose_options(costs, losses, costs[:, 0].sum() - 1)
+
+
+def test_knapsack_gives_the_more_sensitive_layer_the_more_bits():
+    costs = np.array([[2.0, 3.0, 4.0, 8.0]] * 2) * 100
+    drops = np.array([1.0, 0.3, 0.1, 0.0])
+    losses = np.stack([drops * 10, drops])  # layer 0 is ten times as sensitive
+    picks = choose_options(costs, losses, 3.0 * 200)  # 3 bits on average: one at 4, one at 2
+    assert [[2, 3, 4, 8][j] for j in picks] == [4, 2]
+
+
+def test_auto_chooses_under_the_budget_and_its_yaml_reproduces_the_weights(scan, tiny_bert, tmp_path):
+    scan_dir, report = scan
+    sens = scan_dir / "sensitivity.json"
+    cheapest = sum(
+        min(c["effective_bits"] for c in layer["curve"].values()) * layer["params"] for layer in report["layers"]
+    )
+    target = 1.5 * cheapest / sum(layer["params"] for layer in report["layers"])  # between all-2 and all-8 bits
+    cfg = compose_cfg(
+        *eval_overrides(tiny_bert),
+        "quant=auto",
+        f"quant.target_bits={target}",
+        f"quant.sensitivity={sens}",
+        f"quant.save_dir={tmp_path / 'auto_model'}",
+    )
+    res = run_evaluate(cfg, tmp_path / "auto")
+    auto = res["quant"]["auto"]
+    assert auto["target_bits"] == target and auto["achieved_bits_per_param"] <= target
+    assert auto["achieved_bits_per_param"] == pytest.approx(auto["predicted_bits_per_param"], rel=1e-12)
+    assert set(auto["bits_per_layer"].values()) == {2, 8}  # the budget forces a real mix
+    assert {layer["name"]: layer["bits"] for layer in res["quant"]["layers"]} == auto["bits_per_layer"]
+    assert res["config"]["quant"]["name"] == "uniform"  # the scan's scheme, with per-layer overrides
+
+    # the YAML passed back (a quant group file) quantizes every weight identically
+    choice_dir = tmp_path / "auto"
+    again = compose_cfg(
+        *eval_overrides(tiny_bert),
+        f"hydra.searchpath=[file://{choice_dir}]",
+        "quant=auto_choice",
+        f"quant.save_dir={tmp_path / 'yaml_model'}",
+    )
+    res2 = run_evaluate(again, tmp_path / "again")
+    assert res2["metrics"] == res["metrics"]
+    a, b = (
+        load_file(tmp_path / "auto_model" / "model.safetensors"),
+        load_file(tmp_path / "yaml_model" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path):
+    scan_dir, report = scan
+    elsewhere = tmp_path / "scan_of_missing_model.json"  # as if the scan had run on a model absent here
+    elsewhere.write_text(json.dumps({**report, "model": {**report["model"], "path": "/nonexistent-model-dir"}}))
+    base = [*eval_overrides(tiny_bert), "model.path=/nonexistent-model-dir", "quant=auto"]
+    cases = {
+        "quant.target_bits=1.0: out of range": [f"quant.sensitivity={elsewhere}", "quant.target_bits=1.0"],
+        "quant.target_bits=None: quant=auto needs a budget": [f"quant.sensitivity={elsewhere}"],
+        "no such file": [f"quant.sensitivity={tmp_path}/none.json", "quant.target_bits=3"],
+        "scanned model.path=": [f"quant.sensitivity={scan_dir / 'sensitivity.json'}", "quant.target_bits=3"],
+        "quant.sensitivity_measure='mse'": [
+            f"quant.sensitivity={elsewhere}",
+            "quant.target_bits=3",
+            "quant.sensitivity_measure=mse",
+        ],
+    }
+    for expected, extra in cases.items():
+        with pytest.raises(InputError) as err:
+            run_evaluate(compose_cfg(*base, *extra), tmp_path / "bad")
+        assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_scan_options_are_one_error_line(tiny_bert, tmp_path):
+    base = [f"model.path={tiny_bert}", *TINY]
+    for extra, expected in (
+        (["data.split=test"], "scan.dev=split with data.split=test"),
+        (["scan.bits=[1,4]"], "scan.bits=[1, 4]: expected distinct integer widths in 2..8"),
+        (["quant=bnb_nf4"], "quant=bnb_nf4: the scan quantizes one layer at a time"),
+        (["scan.layers=[nothing.*]"], "scan.layers: 'nothing.*' matches no quantized nn.Linear"),
+    ):
+        with pytest.raises(InputError, match=expected.replace("[", r"\[").replace("*", r"\*")):
+            run_sensitivity(compose_scan(*base, *SCAN, *extra), tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "medret.sensitivity", "data.split=test", f"hydra.run.dir={tmp_path / 'cli'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: scan.dev=split with data.split=test: the scan's dev queries must not be the test queries; use "
+        "data.split=train (SciFact) or scan.dev=holdout (a seeded share of the queries, e.g. MedQuAD)"
+    ]
+    assert not (tmp_path / "cli" / "sensitivity.json").exists()
+
+
+def test_auto_over_a_holdout_scan_reports_only_the_other_queries(tiny_bert, tmp_path):
+    """scan.dev=holdout (a set with only a test split) tunes on some test queries: evaluate leaves them out.
+    A partial scan (scan.layers) also quantizes only the layers it measured."""
+    data = ("data.split=test", "data.num_records=120", "data.num_queries=30")
+    cfg = compose_scan(
+        f"model.path={tiny_bert}",
+        *TINY,
+        *SCAN,
+        *data,
+        "scan.dev=holdout",
+        "scan.layers=[encoder.layer.0.*]",
+        "scan.fidelity_texts=8",
+        "scan.bits=[2,8]",
+    )
+    report = run_sensitivity(cfg, tmp_path / "scan")
+    held = set(report["dev"]["query_ids"])
+    assert len(held) == 8 and report["dev"]["data"] == "synthetic-120-s13-test"
+    res = run_evaluate(
+        compose_cfg(
+            *eval_overrides(tiny_bert),
+            *data,
+            "quant=auto",
+            "quant.target_bits=5",
+            f"quant.sensitivity={tmp_path / 'scan' / 'sensitivity.json'}",
+        ),
+        tmp_path / "eval",
+    )
+    assert res["quant"]["auto"]["dev_queries_left_out"] == 8 and res["data"]["num_queries"] == 22
+    reported = {json.loads(line)["query_id"] for line in (tmp_path / "eval" / "per_query.jsonl").open()}
+    assert len(reported) == 22 and not reported & held
+    assert {layer["name"] for layer in res["quant"]["layers"]} == set(res["quant"]["auto"]["bits_per_layer"])
+    assert all(name.startswith("encoder.layer.0.") for name in res["quant"]["auto"]["bits_per_layer"])
