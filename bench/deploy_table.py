@@ -16,10 +16,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_dir
 
 from medret.config import register_configs
 from medret.evaluation import run_evaluate
+from medret.evaluation.fidelity import verdict
 from medret.storage import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,20 @@ COLUMNS = ["variant", "runtime", "whole_MB", "disk_MB", "eff_bits_all", "ndcg@10
 COLUMNS += ["emb_cos", "docs_per_s", "threads"]
 
 
-def row(name: str, res: dict) -> dict:
+def verdict_label(res: dict, run_dir: Path) -> str:
+    """The three-outcome verdict; runs from before it had one are judged again from their own per-query
+    deltas (per_query.jsonl) and CI, exactly as evaluate judges now."""
+    v = res["verdict"]
+    if "outcome" not in v:
+        d = res["deltas"][v["metric"]]
+        rows = [json.loads(x) for x in (run_dir / "per_query.jsonl").read_text().splitlines()]
+        per_query = np.array([r[f"delta_{v['metric']}"] for r in rows])
+        v = verdict(d, per_query, v["metric"], v["max_drop"])
+    n = v.get("queries_to_decide")
+    return f"inconclusive (~{n} q)" if v["outcome"] == "inconclusive" and n else v["outcome"]
+
+
+def row(name: str, res: dict, run_dir: Path) -> dict:
     q, rt, d = res["quant"], res.get("runtime", {"name": "torch"}), res.get("deltas", {}).get("ndcg@10")
     disk = rt.get("bytes_on_disk")
     rate = res["throughput"].get("encode_docs_per_s")
@@ -56,7 +71,7 @@ def row(name: str, res: dict) -> dict:
         "ndcg@10": round(res["metrics"]["ndcg@10"], 4),
         "delta": f"{d['delta']:+.4f}" if d else "",
         "ci95": f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d else "",
-        "verdict": ("accept" if res["verdict"]["accept"] else "reject") if d else "baseline",
+        "verdict": verdict_label(res, run_dir) if d else "baseline",
         "emb_cos": round(res["fidelity"]["embedding_cosine"]["mean"], 4) if "fidelity" in res else "",
         "docs_per_s": round(rate, 1) if rate else "",
         "threads": res["device"]["cpu_threads"],
@@ -84,7 +99,7 @@ def main() -> None:
             overrides = ["data=beir", *data, "logger=none", cache, *VARIANTS[name], *args.override]
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
                 run_evaluate(compose(config_name="evaluate", overrides=overrides), run_dir)
-        rows.append(row(name, json.loads(done.read_text())))
+        rows.append(row(name, json.loads(done.read_text()), run_dir))
         md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         md += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
         command = f"Command: `python bench/deploy_table.py --data {args.data}`\n\n"

@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from medret.config import register_configs
 from medret.evaluation import run_evaluate
 from medret.quant import names
+from medret.report import verdict_of
 from medret.storage import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def row(res: dict, scheme: str, bits: int | None) -> dict:
         "delta_ndcg@10": round(d["delta"], 4) if d else "",
         "ci95_low": round(d["ci95"][0], 4) if d else "",
         "ci95_high": round(d["ci95"][1], 4) if d else "",
-        "verdict": ("accept" if v["accept"] else "reject") if v else "baseline",
+        "verdict": verdict_of(v),
         "emb_cos_mean": round(res["fidelity"]["embedding_cosine"]["mean"], 4) if "fidelity" in res else "",
         "top10_overlap": round(res["fidelity"]["ranking"]["top10_overlap"], 3) if "fidelity" in res else "",
         "docs_per_s": round(res["throughput"]["encode_docs_per_s"], 1),

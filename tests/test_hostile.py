@@ -227,6 +227,17 @@ BAD = [
     case("empty_queries_file", "queries.jsonl: no queries", files={"queries.jsonl": b"\n"}),
     case("qrels_float_grade", "qrels.tsv:1: score must be an integer", files={"qrels.tsv": b"q0\td0\t1.0\n"}),
     case("qrels_two_columns", "qrels.tsv:2: expected 3", files={"qrels.tsv": b"q0\td0\t1\nq1 d1\n"}),
+    case(
+        "qrels_grade_beyond_int8",
+        "qrels.tsv:2: score 300 is out of range",
+        files={"qrels.tsv": b"q0\td0\t1\nq1\td1\t300\n"},
+    ),
+    # a records TSV given as qrels: its third column is note text, which the message must not echo
+    case(
+        "qrels_is_a_records_tsv",
+        "qrels.tsv:2: score must be an integer, got text",
+        files={"qrels.tsv": f"_id\ttitle\ttext\nd0\tnote\t{MARK} patient\n".encode()},
+    ),
     case("only_negative_grades", "no query has a relevant judged document", files={"qrels.tsv": b"q0\td0\t-1\n"}),
     # model folders and hub ids
     case(
@@ -254,6 +265,12 @@ BAD = [
         setup=model_folder({"config.json": b"{oops"}),
     ),
     case("model_folder_no_config", "no config.json", "model.path={d}/m", setup=model_folder({"vocab.txt": b"a"})),
+    case(
+        "model_modules_json_damaged",
+        "modules.json: not valid JSON",
+        "model.path={d}/m",
+        setup=model_folder({"config.json": b"{}", "modules.json": b"[{oops", "model.safetensors": b""}),
+    ),
     case(
         "hub_model_not_cached",
         "model 'ncbi/MedCPT-Article-Encoder' is not in the local Hugging Face cache",

@@ -244,3 +244,23 @@ def test_auto_over_a_holdout_scan_reports_only_the_other_queries(tiny_bert, tmp_
     assert len(reported) == 22 and not reported & held
     assert {layer["name"] for layer in res["quant"]["layers"]} == set(res["quant"]["auto"]["bits_per_layer"])
     assert all(name.startswith("encoder.layer.0.") for name in res["quant"]["auto"]["bits_per_layer"])
+
+
+def test_a_sensitivity_sweep_summary_reads_its_scans(scan, tmp_path):
+    """conf/sensitivity.yaml ends a multirun with the summary table: a scan's row shows its figures,
+    not "no results"."""
+    import shutil
+
+    from medret.launch.summary import format_table, job_rows
+
+    run_dir, report = scan
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- scan.bits=[2,8]\n")
+    shutil.copy(run_dir / "sensitivity.json", job / "sensitivity.json")
+    [row] = job_rows(tmp_path / "sweep")
+    assert "result" not in row and row["layers"] == str(len(report["layers"]))
+    assert row["fp32 dev ndcg@10"] == f"{report['fp32']['dev_ndcg@10']:.4f}"
+    pooled = report["correlation"]["pooled"]["fidelity_drop"]
+    assert row["rho fidelity"] == ("-" if pooled is None else f"{pooled:+.3f}")
+    assert "fp32 dev ndcg@10" in format_table([row])

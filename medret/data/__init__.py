@@ -37,10 +37,6 @@ def check_data_options(cfg: DataConfig) -> None:
 
 
 def _load_synthetic(cfg: DataConfig) -> RetrievalDataset:
-    if cfg.num_records < 1:
-        raise InputError(f"data.num_records={cfg.num_records}: expected a positive record count")
-    if cfg.num_queries < 1:
-        raise InputError(f"data.num_queries={cfg.num_queries}: expected a positive query count")
     ids = synthetic.SyntheticIds(cfg.num_records)
     queries = synthetic.make_queries(cfg.seed, cfg.num_records, cfg.num_queries, cfg.split)
     # qrels from the facts alone, streamed: no note text is rendered here

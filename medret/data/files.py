@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # clinical notes can be long: a CSV field may hold up to this many characters (Python's default is 128 KiB)
 CSV_FIELD_LIMIT = 16 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
+MAX_GRADE = 127  # grades are stored as int8 (medret/data/judgements.py)
 # leading bytes of containers that are not text; named so the message says what the file is
 _NOT_TEXT = {
     b"PK\x03\x04": "a zip archive or xlsx/docx/ods spreadsheet",
@@ -192,7 +193,11 @@ def read_qrels(path: Path, counts: dict[str, int] | None = None) -> Qrels:
         try:
             grade = int(cols[2])
         except ValueError:
-            raise InputError(f"{path}:{lineno}: score must be an integer, got {cols[2]!r}") from None
+            # a numeric value is echoed; anything else could be record text (a corpus file given as qrels)
+            got = repr(cols[2]) if _is_number(cols[2]) else "text"
+            raise InputError(f"{path}:{lineno}: score must be an integer, got {got}") from None
+        if grade > MAX_GRADE:
+            raise InputError(f"{path}:{lineno}: score {grade} is out of range (relevance grades go up to {MAX_GRADE})")
         if grade < 0:
             negative += 1
             first.setdefault("negative", lineno)

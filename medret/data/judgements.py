@@ -53,6 +53,8 @@ class Judgements(Mapping):
         cls, qids: list[str], rows: np.ndarray, docs: np.ndarray, grades: np.ndarray, doc_ids: Sequence[str]
     ) -> Judgements:
         """(query row, record index, grade) triples in any order; one triple per (query, record)."""
+        if len(grades) and not -128 <= int(grades.min()) <= int(grades.max()) <= 127:
+            raise ValueError("relevance grades must fit int8 (-128..127)")  # else they would wrap silently
         order = np.lexsort((docs, rows))
         offsets = np.zeros(len(qids) + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=len(qids)), out=offsets[1:])

@@ -10,21 +10,11 @@ import numpy as np
 
 from medret.config import EvalConfig
 from medret.data import RetrievalDataset
-from medret.errors import InputError
 from medret.evaluation.fidelity import compare
 from medret.metrics import bootstrap_ci, check_metric, mean_metrics
 from medret.retrieval import Retrieval, score
 
 HEADLINE = ("ndcg@10", "recall@100", "precision@10", "f1@10", "mrr@10", "map@100")
-
-
-def check_k_values(k_values: list[int], num_docs: int, where: str) -> list[int]:
-    ks = sorted(set(int(k) for k in k_values))
-    if not ks or ks[0] < 1:
-        raise InputError(f"eval.k_values={list(k_values)}: expected positive integers")
-    if ks[-1] > num_docs:
-        raise InputError(f"eval.k_values: k={ks[-1]} is larger than the corpus of {where} ({num_docs} documents)")
-    return ks
 
 
 def check_eval(ev: EvalConfig) -> None:

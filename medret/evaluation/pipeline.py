@@ -26,6 +26,7 @@ from medret.models import Retriever, load_retriever
 from medret.models.encoder import check_model_options, doc_max_length
 from medret.models.saving import save_quantized
 from medret.quant import (
+    calibration_corpus,
     decode_resident,
     needs_calibration,
     quant_identity,
@@ -94,8 +95,11 @@ def check_cache_options(cfg: EvaluateConfig) -> None:
 
 def check_passage_length(cfg: EvaluateConfig) -> None:
     """A passage must fit the model's window, else its tail is silently cut off."""
-    tokens, limit = cfg.data.passage_tokens, doc_max_length(cfg.model)
-    if tokens and tokens + 2 > limit:  # + [CLS] and [SEP]
+    tokens = cfg.data.passage_tokens
+    if not tokens:  # no split: nothing to fit, and no model file read before the model is checked
+        return
+    limit = doc_max_length(cfg.model)
+    if tokens + 2 > limit:  # + [CLS] and [SEP]
         raise InputError(
             f"data.passage_tokens={tokens}: the model reads at most {limit} tokens ({limit - 2} plus [CLS] and "
             f"[SEP]), so passages would be truncated; lower data.passage_tokens or raise model.max_length"
@@ -170,7 +174,7 @@ def quantize_stage(retriever: Retriever, data, cfg: EvaluateConfig) -> tuple[dic
     """Quantize in place; returns (quant info for results.json, the quant part of cache keys)."""
     calibration = None
     if needs_calibration(cfg.quant):  # unlabelled corpus texts for Fisher-weighted k-means
-        calibration = list(data.doc_texts[: max(cfg.quant.calibration_texts * 4, 256)])
+        calibration = calibration_corpus(data.doc_texts, cfg.quant)
     info = quantize_retriever(retriever, cfg.quant, calibration=calibration)
     if cfg.quant.save_dir and cfg.quant.name != "none":
         info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), info))

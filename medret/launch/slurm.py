@@ -67,8 +67,12 @@ def largest_node(partition: str | None) -> NodeSize | None:
     )
 
 
-def partitions() -> list[str]:
-    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30).stdout
+def partitions() -> list[str] | None:
+    """The partition names, or None when sinfo does not answer (then no partition is refused)."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
     return [p.rstrip("*") for p in out.split()]
 
 
@@ -87,7 +91,7 @@ def request_problem(launcher: DictConfig) -> str | None:
     node = largest_node(partition)
     if node is None:
         known = partitions()
-        if partition and partition not in known:
+        if partition and known is not None and partition not in known:
             return f"hydra.launcher.partition={partition}: no such partition here (there are: {', '.join(known)})"
         return None
     tasks = int(launcher.get("tasks_per_node") or 1)
@@ -122,9 +126,12 @@ def watch_for_stuck_jobs(submitit_dir: Path, poll_s: float = 5.0) -> threading.T
             ids = jobs()
             if not ids:
                 continue
-            out = subprocess.run(
-                ["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True, text=True
-            ).stdout
+            try:  # a controller that does not answer this time is asked again at the next poll
+                out = subprocess.run(
+                    ["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True, text=True, timeout=60
+                ).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
             stuck = [line.split("|") for line in out.splitlines() if line.count("|") == 2]
             stuck = [s for s in stuck if s[1] == "PENDING" and s[2] in NEVER_STARTS]
             if stuck:

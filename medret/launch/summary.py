@@ -1,5 +1,5 @@
 """The table a multirun ends with: one row per job, read back from each job's results file
-(registered as a Hydra callback in conf/evaluate.yaml and conf/train.yaml)."""
+(registered as a Hydra callback in conf/evaluate.yaml, conf/train.yaml and conf/sensitivity.yaml)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def train_row(res: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def sensitivity_row(res: dict[str, Any]) -> dict[str, str]:
+    pooled = res.get("correlation", {}).get("pooled", {})
+    return {
+        "layers": str(len(res.get("layers", []))),
+        "fp32 dev ndcg@10": _number(res.get("fp32", {}).get("dev_ndcg@10"), ".4f"),
+        "rho fidelity": _number(pooled.get("fidelity_drop"), "+.3f"),
+        "rho ndcg": _number(pooled.get("ndcg_drop"), "+.3f"),
+    }
+
+
 def job_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """One row per job folder: the overrides that differ between jobs, then its figures (or why none)."""
     jobs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()), key=_job_order)
@@ -52,6 +62,8 @@ def job_rows(sweep_dir: Path) -> list[dict[str, str]]:
             row.update(evaluate_row(json.loads((d / "results.json").read_text())))
         elif (d / "train_results.json").is_file():
             row.update(train_row(json.loads((d / "train_results.json").read_text())))
+        elif (d / "sensitivity.json").is_file():  # python -m medret.sensitivity -m ...
+            row.update(sensitivity_row(json.loads((d / "sensitivity.json").read_text())))
         else:
             row["result"] = "no results (failed or still running; see its log)"
         rows.append(row)

@@ -41,6 +41,19 @@ def resolve_model_path(path: str) -> str:
     raise InputError(f"model.path={path}: no config.json in package folder {root}")
 
 
+def _model_json(path: Path, expected: type = dict):
+    """A JSON file of a model folder; a missing or damaged one is one error line naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror}); the model folder is incomplete") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(value, expected):
+        raise InputError(f"{path}: expected a JSON {'list' if expected is list else 'object'}")
+    return value
+
+
 def sentence_transformers_settings(model_dir: str) -> dict:
     """Pooling, normalisation and max length declared by a sentence-transformers dir, if any."""
     root = Path(model_dir)
@@ -48,10 +61,10 @@ def sentence_transformers_settings(model_dir: str) -> dict:
     modules = root / "modules.json"
     if not modules.is_file():
         return out
-    for mod in json.loads(modules.read_text()):
-        kind = mod.get("type", "")
+    for mod in _model_json(modules, list):
+        kind = str(mod.get("type", "")) if isinstance(mod, dict) else ""
         if kind.endswith(".Pooling"):
-            pcfg = json.loads((root / mod["path"] / "config.json").read_text())
+            pcfg = _model_json(root / str(mod.get("path", "")) / "config.json")
             if pcfg.get("pooling_mode_cls_token"):
                 out["pooling"] = "cls"
             elif pcfg.get("pooling_mode_mean_tokens"):
@@ -61,7 +74,7 @@ def sentence_transformers_settings(model_dir: str) -> dict:
     out.setdefault("normalize", False)
     sbert = root / "sentence_bert_config.json"
     if sbert.is_file():
-        msl = json.loads(sbert.read_text()).get("max_seq_length")
+        msl = _model_json(sbert).get("max_seq_length")
         if msl:
             out["max_length"] = int(msl)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from medret.quant.apply import (
@@ -27,6 +28,7 @@ from medret.quant.registry import names, scheme
 from medret.quant.sizes import PARTS, bytes_by_part, param_count
 
 __all__ = [
+    "calibration_corpus",
     "decode_resident",
     "model_sizes",
     "names",
@@ -70,8 +72,8 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     elif s.kind == "none":
         info.update(_packed_info(encoders))
     else:
-        if calibration and len(calibration) > cfg.calibration_texts:
-            calibration = random.Random(0).sample(calibration, cfg.calibration_texts)
+        if calibration:
+            calibration = _seeded_sample(calibration, cfg.calibration_texts)
         info.update(_method_info(cfg, calibration))
         reports = [
             quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
@@ -93,6 +95,17 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     info.update(model_sizes(encoders, n_params))
     info["fp32_model_bytes"] = fp32_bytes
     return info
+
+
+def calibration_corpus(doc_texts: Sequence[str], cfg) -> list[str]:
+    """The unlabelled corpus texts a calibrated quantization reads (Fisher weights, GPTQ's Hessians): a seeded
+    sample of ``cfg.calibration_texts`` from the first records. One place, so that evaluate, training and the
+    sensitivity scan quantize a layer alike."""
+    return _seeded_sample(list(doc_texts[: max(cfg.calibration_texts * 4, 256)]), cfg.calibration_texts)
+
+
+def _seeded_sample(texts: list[str], n: int) -> list[str]:
+    return random.Random(0).sample(texts, n) if len(texts) > n else texts
 
 
 def _method_info(cfg, calibration: list[str] | None) -> dict[str, Any]:

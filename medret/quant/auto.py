@@ -60,7 +60,7 @@ def read_scan(cfg: QuantConfig, model_path: str, revision: str | None) -> dict[s
         raise InputError(f"{path}: not a text file (expected a medret.sensitivity scan's JSON)") from None
     if not isinstance(scan, dict) or scan.get("format") != SCAN_FORMAT or not scan.get("layers"):
         raise InputError(f"{path}: not a medret sensitivity scan (expected format {SCAN_FORMAT!r} with layers)")
-    scanned = scan["model"]
+    scanned = scan.get("model") if isinstance(scan.get("model"), dict) else {}  # absent: refused as another model
     if (scanned.get("path"), scanned.get("revision")) != (model_path, revision):
         raise InputError(
             f"quant.sensitivity={path}: scanned model.path={scanned.get('path')} (revision {scanned.get('revision')}),"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +24,11 @@ from medret.config import QuantConfig, typed
 from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
 from medret.evaluation.fidelity import cosine_rows
-from medret.evaluation.pipeline import check_cache_options, check_passage_length
+from medret.evaluation.pipeline import check_cache_options, check_eval_numbers, check_passage_length
 from medret.index import check_index_options
 from medret.models import load_retriever
 from medret.models.encoder import check_model_options
-from medret.quant import quant_identity, scheme, validate
+from medret.quant import calibration_corpus, quant_identity, scheme, validate
 from medret.quant.apply import group_size_for, quantize_weight, select_linears, spec_for
 from medret.quant.auto import SCAN_FORMAT
 from medret.quant.calibration import squared_gradients
@@ -56,6 +55,7 @@ def check_scan_options(cfg: SensitivityRootConfig) -> None:
     check_index_options(cfg.index)
     check_logger(cfg.logger)
     check_cache_options(cfg)
+    check_eval_numbers(cfg.eval)  # eval.passage_fanout is read by retrieval
     check_dev_options(cfg.scan, cfg.data)
     q = cfg.quant
     if scheme(q.name).kind != "custom":
@@ -73,15 +73,6 @@ def check_scan_options(cfg: SensitivityRootConfig) -> None:
         raise InputError(f"scan.bits={bits}: expected distinct integer widths in 2..8 (e.g. [2,3,4,8])")
     for b in bits:
         validate(replace(q, bits=b), cfg.model.device)
-
-
-def calibration_texts(data: RetrievalDataset, quant: QuantConfig) -> list[str]:
-    """The unlabelled corpus texts evaluate's quantize stage takes (same slice, same seeded sample), so a
-    Fisher-weighted scheme quantizes each layer here exactly as quant=auto will."""
-    texts = list(data.doc_texts[: max(quant.calibration_texts * 4, 256)])
-    if len(texts) > quant.calibration_texts:
-        texts = random.Random(0).sample(texts, quant.calibration_texts)
-    return texts
 
 
 def scanned_layers(model, cfg: SensitivityRootConfig) -> list[str]:
@@ -179,7 +170,8 @@ def run_sensitivity(cfg: SensitivityRootConfig | DictConfig, run_dir: Path) -> d
     retriever = load_retriever(cfg.model)
     encoders = retriever.encoders()
     layers = scanned_layers(encoders[0].model, cfg)
-    calibration = calibration_texts(data, cfg.quant)
+    # the texts evaluate's quantize stage takes: a Fisher-weighted scheme quantizes each layer as quant=auto will
+    calibration = calibration_corpus(data.doc_texts, cfg.quant)
     fisher = [
         squared_gradients(e.model, e.tokenizer, calibration, layers, e.settings.pooling, e.settings.max_length)
         for e in encoders

@@ -34,7 +34,7 @@ from medret.models import Retriever, load_retriever
 from medret.models.encoder import check_model_options
 from medret.models.lora import load_adapter_files, merge_to_dense, save_adapter_files, save_adapters
 from medret.models.saving import export, save_quantized
-from medret.quant import needs_calibration, quant_identity, quantize_retriever, scheme, validate
+from medret.quant import calibration_corpus, needs_calibration, quant_identity, quantize_retriever, scheme, validate
 from medret.quant.apply import drop_unused_bits
 from medret.quant.fake import attach_fake_quant, detach_fake_quant
 from medret.retrieval import RetrievalSettings, model_identity, retrieve, score
@@ -163,7 +163,7 @@ def _attach_qlora(retriever: Retriever, data: RetrievalDataset, cfg: TrainRootCo
     from medret.models.lora import attach_lora, lora_targets, quant_digest
 
     t = cfg.quant
-    calibration = list(data.doc_texts[: max(t.calibration_texts * 4, 256)]) if needs_calibration(t) else None
+    calibration = calibration_corpus(data.doc_texts, t) if needs_calibration(t) else None
     info = quantize_retriever(retriever, t, calibration=calibration)
     targets, n = [], 0
     for enc in retriever.encoders():
