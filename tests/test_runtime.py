@@ -190,6 +190,23 @@ def test_quantized_runtime_is_close_smaller_and_really_integer(encoder, referenc
         assert info["calibration_texts"] == len(CALIBRATION)
 
 
+@needs_ov
+def test_openvino_bf16_float_ops_reuse_the_int8_files_and_record_the_precision(encoder, reference, cache):
+    """runtime.precision is a load-time choice: the same deployed files, compiled with bf16 float ops where
+    the CPU has them (the precision recorded is the one OpenVINO reports, f32 on a CPU without bf16)."""
+    import openvino as ov
+
+    f32, f32_info = build_runtime(encoder, _cfg("openvino", "int8"), cache, "tiny64", CALIBRATION)
+    bf16, info = build_runtime(encoder, _cfg("openvino", "int8", precision="bf16"), cache, "tiny64", CALIBRATION)
+    assert info["cached"] and info["cache_key"] == f32_info["cache_key"]  # no second quantization
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert info["inference_precision"] == ("bf16" if has_bf16 else "f32")
+    emb = bf16.encode(TEXTS, batch_size=16)
+    assert _cos(emb, reference).min() > 0.98
+    if has_bf16:
+        assert np.abs(emb - f32.encode(TEXTS, batch_size=16)).max() > 1e-6  # the float ops did change
+
+
 @pytest.mark.parametrize(("name", "quantize"), [("onnx", "static_int8"), ("openvino", "int8")])
 def test_calibrated_modes_need_texts(encoder, cache, name, quantize):
     with pytest.raises(InputError, match="needs calibration texts"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,13 +159,29 @@ def _init_online(cfg: LoggerConfig, init: dict[str, Any]) -> tuple[Any, str]:
             first = (str(e).splitlines() or [""])[0][:200]
             reason = f"the W&B server did not take the run within {cfg.init_timeout:g} s ({type(e).__name__}: {first})"
             wandb.teardown()  # the failed run still holds its id; the offline run reuses it
-    run = _init(init, "offline", silent=True)
+    run = _init_offline_fallback(init)
     log.warning(
         "logger.mode=online: %s; logging offline instead, sync later with: wandb sync %s",
         reason,
         Path(run.dir).parent,
     )
     return run, "offline"
+
+
+def _init_offline_fallback(init: dict[str, Any]) -> Any:
+    """The offline run after a failed online one. Under load W&B's service may still hold the failed run's
+    id for a moment ("run ID ... is in use"): wait a little, and as a last resort take a suffixed id."""
+    import wandb
+
+    for wait in (0.0, 1.0, 2.0, 4.0):
+        time.sleep(wait)
+        try:
+            return _init(init, "offline", silent=True)
+        except Exception as e:  # wandb's ServerResponseError is a bare Exception
+            if "in use" not in str(e):
+                raise
+            wandb.teardown()
+    return _init({**init, "id": f"{init['id']}-offline"}, "offline", silent=True)
 
 
 def has_wandb_login() -> bool:
