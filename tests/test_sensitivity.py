@@ -165,6 +165,27 @@ def test_auto_chooses_under_the_budget_and_its_yaml_reproduces_the_weights(scan,
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+def test_auto_rounds_the_chosen_widths_with_the_runs_method(scan, tiny_bert, tmp_path):
+    scan_dir, report = scan
+    n = sum(layer["params"] for layer in report["layers"])
+    cheapest = sum(
+        min(c["effective_bits"] for c in layer["curve"].values()) * layer["params"] for layer in report["layers"]
+    )
+    cfg = compose_cfg(
+        *eval_overrides(tiny_bert),
+        "quant=auto",
+        f"quant.target_bits={1.5 * cheapest / n}",
+        f"quant.sensitivity={scan_dir / 'sensitivity.json'}",
+        "quant.method=gptq",
+        "quant.act_order=true",
+    )
+    res = run_evaluate(cfg, tmp_path / "auto_gptq")
+    assert res["config"]["quant"]["method"] == "gptq" and res["config"]["quant"]["act_order"] is True
+    assert {layer["method"] for layer in res["quant"]["layers"]} == {"gptq"}
+    assert {layer["name"]: layer["bits"] for layer in res["quant"]["layers"]} == res["quant"]["auto"]["bits_per_layer"]
+    assert "method: gptq" in (tmp_path / "auto_gptq" / "quant" / "auto_choice.yaml").read_text()
+
+
 def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path):
     scan_dir, report = scan
     elsewhere = tmp_path / "scan_of_missing_model.json"  # as if the scan had run on a model absent here

@@ -106,12 +106,17 @@ def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) 
     top = max(sorted(counts), key=lambda b: counts[b])  # ties: the lowest width
     fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
     overrides = {name: {"bits": b} for name, b in bits_per_layer.items() if b != top}
+    # the scan measured round-to-nearest; how the chosen widths are rounded is the run's (quant.method=gptq ...)
     return replace(
         QuantConfig(**fields),
         bits=top,
         overrides=overrides,
         save_dir=run.save_dir,
         decode=run.decode,
+        method=run.method,
+        calibration_texts=run.calibration_texts,
+        gptq_damp=run.gptq_damp,
+        act_order=run.act_order,
         target_bits=None,
         sensitivity=None,
     )
