@@ -246,3 +246,18 @@ def test_gptq_with_per_layer_overrides(tiny_bert):
     assert layers["encoder.layer.1.attention.self.key"]["method"] == "gptq"
     assert "encoder.layer.0.output.dense" not in layers and len(layers) == 11
     assert list(layers) == [n for n, m in r.doc.model.named_modules() if isinstance(m, QuantLinear)]
+
+
+def test_gptq_on_a_layer_the_forward_never_runs_is_one_input_error():
+    from medret.quant.gptq import _stages
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(InputError, match=r"1 selected layer\(s\) never run .*\(unused\).*quant.exclude"):
+        _stages(TwoHeads(), ["used", "unused"], {"x": torch.randn(2, 4)})

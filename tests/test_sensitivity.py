@@ -206,6 +206,13 @@ def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path)
         with pytest.raises(InputError) as err:
             run_evaluate(compose_cfg(*base, *extra), tmp_path / "bad")
         assert expected in str(err.value) and "\n" not in str(err.value)
+    # a valid choice in a run whose other options are bad: refused, and no choice file left behind
+    with pytest.raises(InputError, match="index.nprobe"):
+        run_evaluate(
+            compose_cfg(*base, f"quant.sensitivity={elsewhere}", "quant.target_bits=5", "index.nprobe=0"),
+            tmp_path / "bad_index",
+        )
+    assert not (tmp_path / "bad_index" / "quant").exists()
 
 
 def test_bad_scan_options_are_one_error_line(tiny_bert, tmp_path):

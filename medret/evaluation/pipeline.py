@@ -36,7 +36,7 @@ from medret.quant import (
     validate,
 )
 from medret.quant.apply import drop_unused_bits
-from medret.quant.auto import check_scanned_weights, leave_out_dev_queries, resolve_auto
+from medret.quant.auto import check_scanned_weights, leave_out_dev_queries, resolve_auto, write_choice
 from medret.retrieval import Retrieval, RetrievalSettings, encode_one_shard, model_identity, retrieve
 from medret.runtime import build_runtime
 from medret.runtime import needs_calibration as runtime_needs_calibration
@@ -319,8 +319,10 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     t_start = time.perf_counter()
     cfg, run_dir = typed(cfg, EvaluateConfig), Path(run_dir)
     # quant=auto: bits per layer from a sensitivity scan, as plain overrides before any check or model
-    cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, run_dir)
+    cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, None)
     check_options(cfg)
+    if auto:  # written only for a run whose options all passed
+        write_choice(cfg.quant, auto, run_dir)
     data, ks = load_checked_data(cfg)
     data = leave_out_dev_queries(data, auto)  # quant=auto tuned on a holdout of this split: not reported on
     root = cache_root(cfg.cache.dir)

@@ -154,9 +154,14 @@ def resolve_auto(
         info["scan_dev"].pop("query_ids")
     concrete = choice_config(scan, info["bits_per_layer"], cfg)
     if run_dir is not None:
-        info["overrides_yaml"] = str(Path(run_dir) / CHOICE_FILE)
-        write_atomic(Path(run_dir) / CHOICE_FILE, [choice_yaml(concrete, info, run_dir)])
+        write_choice(concrete, info, Path(run_dir))
     return concrete, info
+
+
+def write_choice(concrete: QuantConfig, info: dict[str, Any], run_dir: Path) -> None:
+    """The reproducing quant group file; evaluate writes it once the run's options have all been checked."""
+    info["overrides_yaml"] = str(run_dir / CHOICE_FILE)
+    write_atomic(run_dir / CHOICE_FILE, [choice_yaml(concrete, info, run_dir)])
 
 
 def check_scanned_weights(info: dict[str, Any] | None, identity: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from medret.errors import InputError
 from medret.quant.registry import scheme
 from medret.quant.state import QuantState, dequantize, make_state
 
@@ -198,7 +199,11 @@ def _stages(model: nn.Module, names: list[str], batch: dict) -> list[list[str]]:
             stages.append([n])
     missing = set(names) - seen
     if missing:
-        raise RuntimeError(f"quant.method=gptq: layers never run by the forward: {sorted(missing)}")
+        some = ", ".join(sorted(missing)[:3]) + (" ..." if len(missing) > 3 else "")
+        raise InputError(
+            f"quant.method=gptq: {len(missing)} selected layer(s) never run in the encoder's forward ({some}), so "
+            "they have no calibration inputs; leave them out with quant.exclude or use quant.method=rtn"
+        )
     return stages
 
 
