@@ -158,6 +158,11 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
+    # a folder that passes the cheap folder check but cannot load: every error below comes before any load
+    fake = tmp_path / "unloadable-model"
+    fake.mkdir()
+    (fake / "config.json").write_text("{}")
+    (fake / "model.safetensors").write_bytes(b"not weights")
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
     (beir / "corpus.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", "text": \n')
@@ -168,7 +173,7 @@ def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
         f"data.path={beir}",
         "logger=none",
         f"hydra.run.dir={tmp_path / 'run'}",
-        "model.path=/nonexistent-model-dir",
+        f"model.path={fake}",
     )
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -182,7 +187,7 @@ def test_cli_bad_input_is_one_error_line_before_model_load(tmp_path):
         "logger=none",
         "eval.k_values=[1,10]",
         f"hydra.run.dir={tmp_path / 'run2'}",
-        "model.path=/nonexistent-model-dir",
+        f"model.path={fake}",
     )
     assert proc.returncode == 2
     assert "error: eval.k_values: k=10 is larger than the corpus of beir-test (2 documents)" in proc.stderr

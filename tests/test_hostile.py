@@ -245,6 +245,13 @@ BAD = [
         "model.path=/nonexistent/medret/model: no such model folder",
         "model.path=/nonexistent/medret/model",
     ),
+    # the model folder is checked with the options, before any data file is read
+    case(
+        "model_missing_and_corpus_empty",
+        "model.path=/nonexistent/medret/model: no such model folder",
+        "model.path=/nonexistent/medret/model",
+        files={"corpus.jsonl": b""},
+    ),
     case("model_empty_folder", "an empty folder", "model.path={d}/m", setup=model_folder({})),
     case(
         "model_is_text_file",

@@ -23,7 +23,7 @@ from medret.evaluation.judge import Judgement, check_eval, judge, per_query_rows
 from medret.index import check_gpu_limits, check_index_options, factory_string
 from medret.index.faiss_index import choose_placement
 from medret.models import Retriever, load_retriever
-from medret.models.encoder import check_model_options, doc_max_length
+from medret.models.encoder import check_model_folders, check_model_options, doc_max_length
 from medret.models.saving import save_quantized
 from medret.quant import (
     calibration_corpus,
@@ -321,6 +321,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     # quant=auto: bits per layer from a sensitivity scan, as plain overrides before any check or model
     cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, None)
     check_options(cfg)
+    check_model_folders(cfg.model)
     if auto:  # written only for a run whose options all passed
         write_choice(cfg.quant, auto, run_dir)
     data, ks = load_checked_data(cfg)

@@ -109,6 +109,14 @@ def check_model_options(cfg: ModelConfig) -> None:
         raise InputError(f"model.device={cfg.device!r}: expected auto, cpu, cuda or cuda:N")
 
 
+def check_model_folders(cfg: ModelConfig) -> None:
+    """The model folders (config.json and weights present, no weights read): after the option checks, before any
+    data loads, so a wrong path is one line before minutes of data reading."""
+    check_model_source("model.path", cfg.path, cfg.revision)
+    if cfg.query_path is not None:
+        check_model_source("model.query_path", cfg.query_path, cfg.revision)
+
+
 def check_model_source(option: str, path: str, revision: str | None) -> None:
     """A local model folder holds config.json and weights; a hub id is reachable or in the local cache."""
     folder = Path(resolve_model_path(path)).expanduser()

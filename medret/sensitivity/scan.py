@@ -27,7 +27,7 @@ from medret.evaluation.fidelity import cosine_rows
 from medret.evaluation.pipeline import check_cache_options, check_eval_numbers, check_passage_length
 from medret.index import check_index_options
 from medret.models import load_retriever
-from medret.models.encoder import check_model_options
+from medret.models.encoder import check_model_folders, check_model_options
 from medret.quant import calibration_corpus, quant_identity, scheme, validate
 from medret.quant.apply import group_size_for, quantize_weight, select_linears, spec_for
 from medret.quant.auto import SCAN_FORMAT
@@ -162,6 +162,7 @@ def run_sensitivity(cfg: SensitivityRootConfig | DictConfig, run_dir: Path) -> d
     t_start = time.perf_counter()
     cfg, run_dir = typed(cfg, SensitivityRootConfig), Path(run_dir)
     check_scan_options(cfg)
+    check_model_folders(cfg.model)
     data = load_dataset(cfg.data)
     dev, dev_info = dev_set(data, cfg.scan, cfg.seed)
     log.info("dev set: %d queries, %d records (%s)", dev_info["queries"], dev.num_docs, dev_info["corpus"])

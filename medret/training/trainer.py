@@ -31,7 +31,7 @@ from medret.errors import InputError
 from medret.losses import info_nce
 from medret.metrics import check_metric
 from medret.models import Retriever, load_retriever
-from medret.models.encoder import check_model_options
+from medret.models.encoder import check_model_folders, check_model_options
 from medret.models.lora import load_adapter_files, merge_to_dense, save_adapter_files, save_adapters
 from medret.models.saving import export, save_quantized
 from medret.quant import calibration_corpus, needs_calibration, quant_identity, quantize_retriever, scheme, validate
@@ -379,6 +379,7 @@ def run_train(cfg: TrainRootConfig | DictConfig, run_dir: Path) -> dict[str, Any
     cfg, run_dir = typed(cfg, TrainRootConfig), Path(run_dir)
     t, metric = cfg.train, cfg.eval.optimize_metric
     check_options(cfg)
+    check_model_folders(cfg.model)
     data, split, ks = load_pairs(cfg)
     s = make_session(cfg, data)
     hard = mine_hard_negatives(s, data, split, cache_root(cfg.cache.dir)) if t.hard_negatives else {}
