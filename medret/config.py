@@ -73,6 +73,7 @@ class QuantConfig:
     base: str | None = None  # outliers: the scheme that quantizes the dense part
     outlier_fraction: float = 0.0  # keep this fraction of largest-|w| weights in fp16 (any custom scheme)
     calibration_texts: int = 64  # fisher_kmeans, method=gptq: seeded sample of unlabelled corpus texts
+    calibration_seed: int = 0  # which sample: another seed shows how much a result owes to its calibration draw
     # how weights are rounded to the scheme's grid: rtn (round-to-nearest) | gptq (Hessian error compensation,
     # any custom level set) | hqq (half-quadratic fit of scale and zero, the hqq package; uniform asymmetric)
     method: str = "rtn"

@@ -261,3 +261,24 @@ def test_gptq_on_a_layer_the_forward_never_runs_is_one_input_error():
 
     with pytest.raises(InputError, match=r"1 selected layer\(s\) never run .*\(unused\).*quant.exclude"):
         _stages(TwoHeads(), ["used", "unused"], {"x": torch.randn(2, 4)})
+
+
+def test_calibration_seed_draws_another_sample_and_other_weights(tiny_bert):
+    from medret.quant import calibration_corpus
+
+    base = QuantConfig(name="nf", bits=3, group_size=16, method="gptq", calibration_texts=8)
+    other = QuantConfig(name="nf", bits=3, group_size=16, method="gptq", calibration_texts=8, calibration_seed=1)
+    drawn = calibration_corpus(NOTES, base)
+    assert len(drawn) == 8 and drawn == calibration_corpus(NOTES, base)
+    assert set(calibration_corpus(NOTES, other)) != set(drawn)
+    # seed 0 keeps the cache keys runs had before the option; another seed is other weights, another key
+    assert "calibration_seed" not in quant_identity(base) and quant_identity(other)["calibration_seed"] == 1
+    weights = []
+    for cfg in (base, other):
+        r = tiny_retriever(tiny_bert)
+        info = quantize_retriever(r, cfg, calibration=calibration_corpus(NOTES, cfg))
+        assert info["calibration_seed"] == cfg.calibration_seed
+        weights.append({n: dequantize(m.state()) for n, m in r.doc.model.named_modules() if isinstance(m, QuantLinear)})
+    assert any(not torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    with pytest.raises(InputError, match="quant.calibration_seed='x': expected an integer"):
+        validate(QuantConfig(name="nf", bits=3, method="gptq", calibration_seed="x"))

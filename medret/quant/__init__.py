@@ -73,7 +73,7 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
         info.update(_packed_info(encoders))
     else:
         if calibration:
-            calibration = _seeded_sample(calibration, cfg.calibration_texts)
+            calibration = _seeded_sample(calibration, cfg.calibration_texts, cfg.calibration_seed)
         info.update(_method_info(cfg, calibration))
         reports = [
             quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
@@ -101,17 +101,20 @@ def calibration_corpus(doc_texts: Sequence[str], cfg) -> list[str]:
     """The unlabelled corpus texts a calibrated quantization reads (Fisher weights, GPTQ's Hessians): a seeded
     sample of ``cfg.calibration_texts`` from the first records. One place, so that evaluate, training and the
     sensitivity scan quantize a layer alike."""
-    return _seeded_sample(list(doc_texts[: max(cfg.calibration_texts * 4, 256)]), cfg.calibration_texts)
+    pool = list(doc_texts[: max(cfg.calibration_texts * 4, 256)])
+    return _seeded_sample(pool, cfg.calibration_texts, getattr(cfg, "calibration_seed", 0))
 
 
-def _seeded_sample(texts: list[str], n: int) -> list[str]:
-    return random.Random(0).sample(texts, n) if len(texts) > n else texts
+def _seeded_sample(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    return random.Random(seed).sample(texts, n) if len(texts) > n else texts
 
 
 def _method_info(cfg, calibration: list[str] | None) -> dict[str, Any]:
     """How the weights were rounded, and from how many corpus texts (GPTQ's Hessians, Fisher weights)."""
     used = len(calibration or []) if needs_calibration(cfg) else 0
     info: dict[str, Any] = {"method": cfg.method, "calibration_texts_used": used}
+    if used:
+        info["calibration_seed"] = cfg.calibration_seed
     if cfg.method == "gptq":
         info.update({"gptq_damp": cfg.gptq_damp, "act_order": cfg.act_order})
     return info

@@ -42,6 +42,8 @@ def quant_identity(cfg) -> dict:
         d.pop(key, None)
     if not d["embeddings"]:
         d.pop("embeddings")  # keeps the cache keys of runs from before the option existed
+    if d["calibration_seed"] == 0:
+        d.pop("calibration_seed")  # keeps the cache keys of runs from before the option existed
     if d["method"] != "gptq":  # GPTQ's own options change no other method's weights
         d.pop("gptq_damp")
         d.pop("act_order")
@@ -107,6 +109,8 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
         raise InputError(f"quant.method={cfg.method}: needs a custom scheme (a grid it fits), not quant={cfg.name}")
     if needs_calibration(cfg) and cfg.calibration_texts < 2:
         raise InputError(f"quant.calibration_texts={cfg.calibration_texts}: expected at least 2 corpus texts")
+    if isinstance(cfg.calibration_seed, bool) or not isinstance(cfg.calibration_seed, int):
+        raise InputError(f"quant.calibration_seed={cfg.calibration_seed!r}: expected an integer")
     if s.kind == "bnb":
         _check_bnb(cfg, device)
     if s.check is not None:

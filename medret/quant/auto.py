@@ -115,6 +115,7 @@ def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) 
         decode=run.decode,
         method=run.method,
         calibration_texts=run.calibration_texts,
+        calibration_seed=run.calibration_seed,
         gptq_damp=run.gptq_damp,
         act_order=run.act_order,
         target_bits=None,
