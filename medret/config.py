@@ -99,6 +99,9 @@ class QuantConfig:
     target_bits: float | None = None
     sensitivity: str | None = None
     sensitivity_measure: str = "fidelity"
+    # quant=auto on another grid than the scan's, e.g. {name: kmeans, granularity: channel}: each width priced by
+    # what this grid stores, the drops still the scan's (an approximation the evaluate run then measures)
+    grid: Any = None  # a mapping (Any: so the command line can set it without a leading +)
 
 
 @dataclass

@@ -186,6 +186,38 @@ def test_auto_rounds_the_chosen_widths_with_the_runs_method(scan, tiny_bert, tmp
     assert "method: gptq" in (tmp_path / "auto_gptq" / "quant" / "auto_choice.yaml").read_text()
 
 
+def test_auto_on_another_grid_prices_each_width_by_what_that_grid_stores(scan, tiny_bert, tmp_path):
+    scan_dir, report = scan  # scanned on uniform, group 16: +1 bit of scale per weight at every width
+    n = sum(layer["params"] for layer in report["layers"])
+    cheapest = sum(
+        min(c["effective_bits"] for c in layer["curve"].values()) * layer["params"] for layer in report["layers"]
+    )
+    target = 1.5 * cheapest / n
+    cfg = compose_cfg(
+        *eval_overrides(tiny_bert),
+        "quant=auto",
+        f"quant.target_bits={target}",
+        f"quant.sensitivity={scan_dir / 'sensitivity.json'}",
+        "quant.grid={name:nf,granularity:channel}",
+    )
+    res = run_evaluate(cfg, tmp_path / "auto_grid")
+    auto, layers = res["quant"]["auto"], res["quant"]["layers"]
+    assert res["config"]["quant"]["name"] == "nf" and res["config"]["quant"]["granularity"] == "channel"
+    assert auto["grid"] == {"name": "nf", "granularity": "channel"}
+    assert {layer["name"]: layer["bits"] for layer in layers} == auto["bits_per_layer"]
+    # priced by the grid it runs on: what the knapsack predicted is what the quantized model stores
+    assert auto["achieved_bits_per_param"] == pytest.approx(auto["predicted_bits_per_param"], rel=1e-12)
+    assert auto["achieved_bits_per_param"] <= target
+    # ... and not what the scan's own grid would have stored for the same widths
+    scan_priced = sum(
+        layer["curve"][str(auto["bits_per_layer"][layer["name"]])]["effective_bits"] * layer["params"]
+        for layer in report["layers"]
+    )
+    assert scan_priced / n != pytest.approx(auto["achieved_bits_per_param"], rel=1e-3)
+    choice = (tmp_path / "auto_grid" / "quant" / "auto_choice.yaml").read_text()
+    assert "name: nf" in choice and "granularity: channel" in choice and "grid" not in choice.split("\n", 3)[3]
+
+
 def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path):
     scan_dir, report = scan
     elsewhere = tmp_path / "scan_of_missing_model.json"  # as if the scan had run on a model absent here
@@ -196,6 +228,21 @@ def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path)
         "quant.target_bits=None: quant=auto needs a budget": [f"quant.sensitivity={elsewhere}"],
         "no such file": [f"quant.sensitivity={tmp_path}/none.json", "quant.target_bits=3"],
         "scanned model.path=": [f"quant.sensitivity={scan_dir / 'sensitivity.json'}", "quant.target_bits=3"],
+        "quant.grid: unknown option 'bits'": [
+            f"quant.sensitivity={elsewhere}",
+            "quant.target_bits=3",
+            "quant.grid={bits:4}",
+        ],
+        "quant.grid: name='bnb_nf4' is not a custom scheme": [
+            f"quant.sensitivity={elsewhere}",
+            "quant.target_bits=3",
+            "quant.grid={name:bnb_nf4}",
+        ],
+        "quant.grid: cannot read model.path=/nonexistent-model-dir's config": [
+            f"quant.sensitivity={elsewhere}",
+            "quant.target_bits=3",
+            "quant.grid={name:kmeans}",
+        ],
         "quant.sensitivity_measure='mse'": [
             f"quant.sensitivity={elsewhere}",
             "quant.target_bits=3",

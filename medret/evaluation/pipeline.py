@@ -4,6 +4,7 @@ options -> data -> retriever -> fp32 baseline -> quantize -> retrieve -> judge -
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from medret.evaluation.judge import Judgement, check_eval, judge, per_query_rows
 from medret.index import check_gpu_limits, check_index_options, factory_string
 from medret.index.faiss_index import choose_placement
 from medret.models import Retriever, load_retriever
-from medret.models.encoder import check_model_folders, check_model_options, doc_max_length
+from medret.models.encoder import check_model_folders, check_model_options, doc_max_length, resolve_model_path
 from medret.models.saving import save_quantized
 from medret.quant import (
     calibration_corpus,
@@ -319,7 +320,8 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     t_start = time.perf_counter()
     cfg, run_dir = typed(cfg, EvaluateConfig), Path(run_dir)
     # quant=auto: bits per layer from a sensitivity scan, as plain overrides before any check or model
-    cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, None)
+    model_dir = functools.partial(resolve_model_path, cfg.model.path)  # quant.grid reads the model's shapes
+    cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, None, model_dir)
     check_options(cfg)
     check_model_folders(cfg.model)
     if auto:  # written only for a run whose options all passed

@@ -38,7 +38,7 @@ def quant_identity(cfg) -> dict:
     d = dataclasses.asdict(as_config(cfg))
     for key in ("save_dir", "decode"):  # where it is saved and when it is decoded change no embedding
         d.pop(key, None)
-    for key in ("target_bits", "sensitivity", "sensitivity_measure"):  # quant=auto's request: resolved to overrides
+    for key in ("target_bits", "sensitivity", "sensitivity_measure", "grid"):  # quant=auto's request: resolved
         d.pop(key, None)
     if not d["embeddings"]:
         d.pop("embeddings")  # keeps the cache keys of runs from before the option existed
@@ -115,6 +115,8 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
         _check_bnb(cfg, device)
     if s.check is not None:
         s.check(cfg)
+    if cfg.grid is not None:  # quant=auto resolves it into the concrete scheme before any check
+        raise InputError(f"quant.grid: only quant=auto takes a grid (this run's scheme is quant={cfg.name})")
     if cfg.decode not in ("once", "per_forward"):
         raise InputError(f"quant.decode={cfg.decode!r}: expected once or per_forward")
     if cfg.save_dir and s.kind != "custom":

@@ -12,18 +12,20 @@ from __future__ import annotations
 import collections
 import json
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant.apply import as_config, quant_identity
+from medret.quant.apply import as_config, group_size_for, quant_identity, quantize_weight, validate
 from medret.quant.budget import DEFAULT_STEPS, choose_options
-from medret.quant.registry import Scheme, register
+from medret.quant.registry import Scheme, names, register, scheme
 from medret.storage import write_atomic
 
 SCAN_FORMAT = "medret-sensitivity/1"
@@ -80,6 +82,60 @@ def _curves(scan: dict, measure: str) -> tuple[list[str], list[int], np.ndarray,
     return names, bits, costs, losses, params
 
 
+GRID_KEYS = ("name", "granularity", "group_size", "symmetric", "mu", "kmeans_iters", "base", "outlier_fraction")
+
+
+def regrid(
+    scan: dict, grid: Any, model_path: str, revision: str | None, model_dir: Callable[[], str]
+) -> dict[str, Any]:
+    """The scan with its scheme replaced by ``quant.grid`` and every (layer, width) priced by what that grid
+    stores for the layer's shape (a seeded random weight quantized at that width; storage depends on the
+    shape, not the values). The drops stay the scan's."""
+    if not isinstance(grid, dict):
+        raise InputError(f"quant.grid={grid!r}: expected a mapping of scheme options, e.g. {{name:kmeans}}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise InputError(f"quant.grid: unknown option {unknown[0]!r} (expected some of {', '.join(GRID_KEYS)})")
+    fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
+    base = replace(QuantConfig(**fields), **grid, method="rtn", overrides={})
+    if scheme(base.name).kind != "custom":
+        raise InputError(f"quant.grid: name={base.name!r} is not a custom scheme ({', '.join(names('custom'))})")
+    for b in scan["bits"]:
+        validate(replace(base, bits=int(b)))
+    shapes = layer_shapes([layer["name"] for layer in scan["layers"]], model_path, revision, model_dir)
+    priced: dict[tuple, float] = {}  # (shape, width) -> effective bits: a model has few distinct shapes
+    layers = []
+    for layer in scan["layers"]:
+        shape, curve = shapes[layer["name"]], {}
+        for b, point in layer["curve"].items():
+            if (shape, b) not in priced:
+                w = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+                spec = replace(base, bits=int(b), kmeans_iters=1)  # the fit's quality does not change its size
+                priced[shape, b] = quantize_weight(w, spec, group_size_for(w, spec, layer["name"])).effective_bits()
+            curve[b] = {**point, "effective_bits": priced[shape, b]}
+        layers.append({**layer, "curve": curve})
+    return {**scan, "quant": {**scan["quant"], **grid}, "layers": layers}
+
+
+def layer_shapes(
+    layer_names: list[str], model_path: str, revision: str | None, model_dir: Callable[[], str]
+) -> dict[str, tuple[int, ...]]:
+    """Each scanned linear's weight shape, from the model's config on the meta device (no weights read).
+    ``model_dir`` resolves model.path to a folder or hub id (pkg:// paths: medret.models knows them)."""
+    from transformers import AutoConfig, AutoModel  # only quant.grid needs them; keeps this module light
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir(), revision=revision, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"quant.grid: cannot read model.path={model_path}'s config ({type(err).__name__})") from None
+    with torch.device("meta"):
+        modules = dict(AutoModel.from_config(config).named_modules())
+    missing = [n for n in layer_names if not isinstance(modules.get(n), torch.nn.Linear)]
+    if missing:
+        raise InputError(f"quant.grid: scanned layer {missing[0]} is not a linear layer of {model_path}")
+    return {n: tuple(modules[n].weight.shape) for n in layer_names}
+
+
 def choose_bits(scan: dict, target_bits: float, measure: str, where: str) -> dict[str, Any]:
     """Bits per layer for the budget; the predicted bits/param and drop of the choice."""
     names, bits, costs, losses, params = _curves(scan, measure)
@@ -120,20 +176,22 @@ def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) 
         act_order=run.act_order,
         target_bits=None,
         sensitivity=None,
+        grid=None,
     )
 
 
 def choice_yaml(cfg: QuantConfig, info: dict, run_dir: Path) -> str:
     header = (
         f"# quant=auto: bits per layer for {info['target_bits']} bits/param from {info['sensitivity']}\n"
-        f"# (measure {info['measure']}; predicted {info['predicted_bits_per_param']:.4f} bits/param).\n"
+        f"# (measure {info['measure']}{'; grid ' + str(info['grid']) if info.get('grid') else ''};"
+        f" predicted {info['predicted_bits_per_param']:.4f} bits/param).\n"
         f"# The same weights again: evaluate.py hydra.searchpath=[file://{Path(run_dir).resolve()}] quant=auto_choice\n"
     )
     return header + yaml.safe_dump(quant_identity(cfg), sort_keys=False)
 
 
 def resolve_auto(
-    cfg: Any, model_path: str, revision: str | None, run_dir: Path | None
+    cfg: Any, model_path: str, revision: str | None, run_dir: Path | None, model_dir: Callable[[], str] | None = None
 ) -> tuple[QuantConfig, dict[str, Any] | None]:
     """quant=auto -> the concrete per-layer config (and what was chosen, for results.json); any other
     quant config comes back unchanged with None. Writes ``quant/auto_choice.yaml`` into ``run_dir``."""
@@ -141,10 +199,13 @@ def resolve_auto(
     if cfg.name != "auto":
         return cfg, None
     scan = read_scan(cfg, model_path, revision)
+    if cfg.grid:
+        scan = regrid(scan, cfg.grid, model_path, revision, model_dir or (lambda: model_path))
     info = {
         "target_bits": cfg.target_bits,
         "sensitivity": str(cfg.sensitivity),
         "measure": cfg.sensitivity_measure,
+        **({"grid": dict(cfg.grid), "priced_by": "quant.grid's storage per layer shape"} if cfg.grid else {}),
         "solver": f"multiple-choice knapsack: DP over {DEFAULT_STEPS} units of the headroom; drops assumed additive",
         **choose_bits(scan, cfg.target_bits, cfg.sensitivity_measure, str(cfg.sensitivity)),
         "scanned_weights": scan["model"].get("weights"),
