@@ -260,6 +260,12 @@ def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path)
             tmp_path / "bad_index",
         )
     assert not (tmp_path / "bad_index" / "quant").exists()
+    with pytest.raises(
+        InputError, match=r"^quant.grid: only quant=auto takes a grid \(this run's scheme is quant=nf\)$"
+    ):
+        run_evaluate(
+            compose_cfg(*eval_overrides(tiny_bert), "quant=nf", "quant.bits=4", "quant.grid={name:kmeans}"), tmp_path
+        )
 
 
 def test_bad_scan_options_are_one_error_line(tiny_bert, tmp_path):
