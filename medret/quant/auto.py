@@ -191,16 +191,17 @@ def choice_yaml(cfg: QuantConfig, info: dict, run_dir: Path) -> str:
 
 
 def resolve_auto(
-    cfg: Any, model_path: str, revision: str | None, run_dir: Path | None, model_dir: Callable[[], str] | None = None
+    cfg: Any, model_path: str, revision: str | None, run_dir: Path | None, model_dir: Callable[[], str]
 ) -> tuple[QuantConfig, dict[str, Any] | None]:
     """quant=auto -> the concrete per-layer config (and what was chosen, for results.json); any other
-    quant config comes back unchanged with None. Writes ``quant/auto_choice.yaml`` into ``run_dir``."""
+    quant config comes back unchanged with None. Writes ``quant/auto_choice.yaml`` into ``run_dir``.
+    ``model_dir()`` resolves model.path to a loadable folder or hub id (called only for ``quant.grid``)."""
     cfg = as_config(cfg)
     if cfg.name != "auto":
         return cfg, None
     scan = read_scan(cfg, model_path, revision)
     if cfg.grid:
-        scan = regrid(scan, cfg.grid, model_path, revision, model_dir or (lambda: model_path))
+        scan = regrid(scan, cfg.grid, model_path, revision, model_dir)
     info = {
         "target_bits": cfg.target_bits,
         "sensitivity": str(cfg.sensitivity),
