@@ -79,6 +79,11 @@ class QuantConfig:
     method: str = "rtn"
     gptq_damp: float = 0.01  # gptq: added to the Hessian diagonal, as a fraction of its mean
     act_order: bool = False  # gptq: columns in decreasing Hessian diagonal; group grids fitted up front
+    # after rounding (any method): Adam steps fitting the stored floats (scales, offsets, k-means codebooks), the
+    # quantized layers' biases and the LayerNorms so token outputs match fp32 on the calibration texts; codes
+    # and bits unchanged. 0 = off
+    refine_steps: int = 0
+    refine_lr: float = 1e-4
     # bitsandbytes
     threshold: float = 6.0  # LLM.int8 outlier threshold
     blocksize: int = 64

@@ -89,6 +89,8 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
                 "bnb_4bit_compute_dtype_ran": reports[0]["bnb_4bit_compute_dtype_ran"],
             }
         )
+        if cfg.refine_steps:
+            info["refine"] = [r["refine"] for r in reports]
         if s.kind == "bnb" and s.bits == 4:
             info["bnb_4bit_compute_dtype_requested"] = cfg.compute_dtype
     info["quantize_s"] = round(time.perf_counter() - started, 3)

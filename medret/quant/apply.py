@@ -15,7 +15,7 @@ from torch import nn
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant import gptq, hqq_method, outliers
+from medret.quant import gptq, hqq_method, outliers, refine
 from medret.quant.bnb import BNB_DEVICES, dequantized_weight, probe_compute_dtype, replace_linear
 from medret.quant.calibration import squared_gradients
 from medret.quant.embedding import QuantEmbedding, bnb_embedding, word_embeddings
@@ -47,6 +47,9 @@ def quant_identity(cfg) -> dict:
     if d["method"] != "gptq":  # GPTQ's own options change no other method's weights
         d.pop("gptq_damp")
         d.pop("act_order")
+    if d["refine_steps"] == 0:  # keeps the cache keys of runs from before refinement existed
+        d.pop("refine_steps")
+        d.pop("refine_lr")
     if d["method"] == "rtn":
         d.pop("method")  # round-to-nearest runs keep the cache keys they had before methods existed
     return d
@@ -89,6 +92,18 @@ def _check_method(cfg: QuantConfig) -> None:
             raise InputError(f"quant.bits={cfg.bits}: method hqq supports {', '.join(map(str, hqq_method.BITS))}")
 
 
+def _check_refine(cfg: QuantConfig, kind: str) -> None:
+    if isinstance(cfg.refine_steps, bool) or not isinstance(cfg.refine_steps, int) or cfg.refine_steps < 0:
+        raise InputError(f"quant.refine_steps={cfg.refine_steps!r}: expected an integer >= 0 (0 = no refinement)")
+    if cfg.refine_steps and not cfg.refine_lr > 0:
+        raise InputError(f"quant.refine_lr={cfg.refine_lr}: expected a learning rate > 0")
+    if cfg.refine_steps and kind != "custom":
+        raise InputError(
+            f"quant.refine_steps: refines the packed floats of the custom schemes ({', '.join(names('custom'))}), "
+            f"not quant={cfg.name}"
+        )
+
+
 def _check_bnb(cfg: QuantConfig, device: str) -> None:
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device).type
     if dev not in BNB_DEVICES:
@@ -107,6 +122,7 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
         _check_custom(cfg)
     elif cfg.method != "rtn" and s.kind != "none":  # none: the module is left as it is, by any method
         raise InputError(f"quant.method={cfg.method}: needs a custom scheme (a grid it fits), not quant={cfg.name}")
+    _check_refine(cfg, s.kind)
     if needs_calibration(cfg) and cfg.calibration_texts < 2:
         raise InputError(f"quant.calibration_texts={cfg.calibration_texts}: expected at least 2 corpus texts")
     if isinstance(cfg.calibration_seed, bool) or not isinstance(cfg.calibration_seed, int):
@@ -145,7 +161,7 @@ def module_specs(cfg: QuantConfig) -> list[QuantConfig]:
 
 def needs_calibration(cfg) -> bool:
     """Whether any module's scheme (top level or an override) needs corpus texts (Fisher-weighted k-means)."""
-    return any(
+    return as_config(cfg).refine_steps > 0 or any(
         spec.method == "gptq" or any(scheme(name).calibrated for name in (spec.name, spec.base) if name is not None)
         for spec in module_specs(cfg)
     )
@@ -301,8 +317,9 @@ def quantize_model(
     specs = {n: s for n, s in specs.items() if s.name != "none"}
     importance: dict[str, torch.Tensor] = {}
     need_fisher = [n for n, s in specs.items() if any(scheme(x).calibrated for x in (s.name, s.base) if x)]
-    if (need_fisher or any(s.method == "gptq" for s in specs.values())) and not calibration:
+    if (need_fisher or cfg.refine_steps or any(s.method == "gptq" for s in specs.values())) and not calibration:
         raise InputError(f"quant={cfg.name} method={cfg.method}: no calibration texts (the corpus is empty)")
+    targets = refine.targets(model, tokenizer, calibration, max_length) if cfg.refine_steps else None  # fp32's
     if need_fisher:
         importance = squared_gradients(model, tokenizer, calibration, need_fisher, pooling, max_length)
     by_gptq = {n: s for n, s in specs.items() if s.method == "gptq"}
@@ -325,8 +342,10 @@ def quantize_model(
         layers.sort(key=lambda x: order.index(x["name"]))
     if embedding is not None:
         layers.append(embedding)
+    refined = refine.fit(model, targets, cfg.refine_steps, cfg.refine_lr, cfg.calibration_seed) if targets else None
     total = sum(x["params"] for x in layers)
     return {
+        **({"refine": refined} if refined else {}),
         "layers": layers,
         "quantized_params": total,
         "effective_bits_per_param": sum(x["effective_bits"] * x["params"] for x in layers) / total if total else None,

@@ -78,6 +78,12 @@ def make_state(
 def dequantize(state: QuantState, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     n_groups = state.numel // state.group_size
     codes = unpack_codes(state.planes, state.bits, state.numel).view(n_groups, state.group_size)
+    return decode(state, codes, dtype)
+
+
+def decode(state: QuantState, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight from unpacked ``codes`` [groups, group_size] and the state's float tensors; differentiable in
+    those tensors (refinement tunes scales, offsets and codebooks through it with the codes fixed)."""
     cb = state.codebook.to(dtype)
     vals = cb[0][codes] if cb.shape[0] == 1 else torch.gather(cb, 1, codes)
     if state.scale is not None:
