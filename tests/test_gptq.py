@@ -147,27 +147,25 @@ def compose_cfg(*overrides: str):
         return compose(config_name="evaluate", overrides=list(overrides))
 
 
+def tiny_evaluate(tiny_bert: Path, tmp_path: Path, *quant: str) -> dict:
+    """An evaluate run of the tiny BERT on a small synthetic set, with these quant overrides."""
+    small = ["model=minilm", f"model.path={tiny_bert}", "model.name=tiny", "data.num_records=120"]
+    small += ["data.num_queries=20", "eval.k_values=[1,10]", "logger=none", f"cache.dir={tmp_path / 'cache'}"]
+    return run_evaluate(compose_cfg(*small, *quant), tmp_path / "run")
+
+
 @pytest.mark.parametrize(
     "method", [["quant.method=gptq", "quant.act_order=true"], ["quant.method=hqq", "quant.symmetric=false"]]
 )
 def test_evaluate_runs_gptq_and_hqq(tiny_bert, tmp_path, method):
-    res = run_evaluate(
-        compose_cfg(
-            "model=minilm",
-            f"model.path={tiny_bert}",
-            "model.name=tiny",
-            "data.num_records=120",
-            "data.num_queries=20",
-            "eval.k_values=[1,10]",
-            "logger=none",
-            f"cache.dir={tmp_path / 'cache'}",
-            "quant=uniform",
-            "quant.bits=3",
-            "quant.group_size=16",
-            "quant.calibration_texts=24",
-            *method,
-        ),
-        tmp_path / "run",
+    res = tiny_evaluate(
+        tiny_bert,
+        tmp_path,
+        "quant=uniform",
+        "quant.bits=3",
+        "quant.group_size=16",
+        "quant.calibration_texts=24",
+        *method,
     )
     q = res["quant"]
     name = method[0].split("=")[1]

@@ -16,7 +16,7 @@ from medret.models.saving import save_quantized
 from medret.quant import quant_identity, quantize_retriever, validate
 from medret.quant.linear import QuantLinear
 from medret.quant.state import dequantize
-from tests.test_gptq import NOTES, compose_cfg, tiny_retriever
+from tests.test_gptq import NOTES, tiny_evaluate, tiny_retriever
 
 FIT, HELD_OUT = NOTES[:16], NOTES[16:]
 
@@ -98,25 +98,6 @@ def test_bad_refine_options_are_input_errors(cfg, message):
 
 
 def test_evaluate_reports_refinement(tiny_bert, tmp_path):
-    from medret.evaluation import run_evaluate
-
-    res = run_evaluate(
-        compose_cfg(
-            "model=minilm",
-            f"model.path={tiny_bert}",
-            "model.name=tiny",
-            "data.num_records=120",
-            "data.num_queries=20",
-            "eval.k_values=[1,10]",
-            "logger=none",
-            f"cache.dir={tmp_path / 'cache'}",
-            "quant=nf",
-            "quant.bits=3",
-            "quant.group_size=16",
-            "quant.calibration_texts=24",
-            "quant.refine_steps=5",
-        ),
-        tmp_path / "run",
-    )
-    q = res["quant"]
+    quant = ["quant=nf", "quant.bits=3", "quant.group_size=16", "quant.calibration_texts=24", "quant.refine_steps=5"]
+    q = tiny_evaluate(tiny_bert, tmp_path, *quant)["quant"]
     assert q["calibration_texts_used"] == 24 and q["refine"][0]["steps"] == 5 and q["refine"][0]["fitted_params"] > 0

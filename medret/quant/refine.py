@@ -61,13 +61,11 @@ class _Refining(nn.Module):
         if per_group:
             tuned["codebook"] = st.codebook
         self.tuned = nn.ParameterDict({n: nn.Parameter(t.detach().float().clone()) for n, t in tuned.items()})
-        self.fixed = {n: getattr(st, n) for n in ("codebook", "outlier_idx") if n not in tuned}
         self.bias = packed.bias
 
     def weight(self) -> torch.Tensor:
         st = self.packed.state()
         parts = {n: getattr(st, n) for n in QuantState.TENSORS}
-        parts.update(self.fixed)
         parts.update(dict(self.tuned.items()))
         return decode(QuantState(st.shape, st.bits, st.group_size, **parts), self.codes)
 
