@@ -83,7 +83,7 @@ class QuantConfig:
     # quantized layers' biases and the LayerNorms so token outputs match fp32 on the calibration texts; codes
     # and bits unchanged. 0 = off
     refine_steps: int = 0
-    refine_lr: float = 1e-4
+    refine_lr: float = 1e-3
     # bitsandbytes
     threshold: float = 6.0  # LLM.int8 outlier threshold
     blocksize: int = 64

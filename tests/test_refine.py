@@ -80,7 +80,7 @@ def test_refined_model_saves_and_loads_the_same_weights(tiny_bert, tmp_path):
 def test_refinement_is_keyed_only_when_on():
     assert not {"refine_steps", "refine_lr"} & set(quant_identity(QuantConfig(name="nf", bits=3)))
     on = quant_identity(QuantConfig(name="nf", bits=3, refine_steps=50))
-    assert on["refine_steps"] == 50 and on["refine_lr"] == 1e-4
+    assert on["refine_steps"] == 50 and on["refine_lr"] == QuantConfig().refine_lr
 
 
 @pytest.mark.parametrize(

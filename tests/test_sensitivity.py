@@ -178,12 +178,15 @@ def test_auto_rounds_the_chosen_widths_with_the_runs_method(scan, tiny_bert, tmp
         f"quant.sensitivity={scan_dir / 'sensitivity.json'}",
         "quant.method=gptq",
         "quant.act_order=true",
+        "quant.refine_steps=2",
     )
     res = run_evaluate(cfg, tmp_path / "auto_gptq")
     assert res["config"]["quant"]["method"] == "gptq" and res["config"]["quant"]["act_order"] is True
     assert {layer["method"] for layer in res["quant"]["layers"]} == {"gptq"}
     assert {layer["name"]: layer["bits"] for layer in res["quant"]["layers"]} == res["quant"]["auto"]["bits_per_layer"]
-    assert "method: gptq" in (tmp_path / "auto_gptq" / "quant" / "auto_choice.yaml").read_text()
+    assert [r["steps"] for r in res["quant"]["refine"]] == [2]  # refinement is the run's too, not dropped
+    choice = (tmp_path / "auto_gptq" / "quant" / "auto_choice.yaml").read_text()
+    assert "method: gptq" in choice and "refine_steps: 2" in choice
 
 
 def test_auto_on_another_grid_prices_each_width_by_what_that_grid_stores(scan, tiny_bert, tmp_path):

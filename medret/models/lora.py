@@ -146,9 +146,7 @@ def merge_to_dense(model: nn.Module) -> int:
         dense.weight.data = w
         if base.bias is not None:
             dense.bias.data = base.bias.detach().float().cpu().clone()
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, dense.to(next(mod.parameters()).device))
+        model.set_submodule(name, dense.to(next(mod.parameters()).device), strict=True)
     for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
         if hasattr(model, flag):
             delattr(model, flag)

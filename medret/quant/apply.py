@@ -272,12 +272,7 @@ def _gptq_layers(model: nn.Module, tokenizer, specs: dict, calibration, max_leng
     reports = []
     for name, r in done.items():
         lin = model.get_submodule(name)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(
-            model.get_submodule(parent_name) if parent_name else model,
-            attr,
-            QuantLinear.from_state(r.state, lin.bias).to(device),
-        )
+        model.set_submodule(name, QuantLinear.from_state(r.state, lin.bias).to(device), strict=True)
         report = _layer_report(name, specs[name], sizes[name], r.weight, r.state, r.decoded)
         # calibration ||XW^T - XQ^T||^2 per token and output: GPTQ's and round-to-nearest's on the same scheme
         errors = {"output_mse": r.output_error, "output_mse_rtn": r.output_error_rtn, "calibration_tokens": r.tokens}
@@ -303,8 +298,7 @@ def _quantize_embeddings(model: nn.Module, cfg: QuantConfig, device: torch.devic
         new = QuantEmbedding.from_state(state, emb.padding_idx).to(device)
         report = {"bits": spec.bits, "group_size": gs, "effective_bits": state.effective_bits()}
         w_hat = dequantize(state)
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    model.set_submodule(name, new, strict=True)
     method = "rtn" if spec.method == "gptq" else spec.method  # a lookup table has no input Hessian: rounded
     return {"name": name, "scheme": spec.name, "method": method, **report, "params": w.numel(), **error_stats(w, w_hat)}
 
@@ -333,8 +327,7 @@ def quantize_model(
         else:
             new, report = _custom_layer(name, lin, spec, device, importance.get(name))
         layers.append(report)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+        model.set_submodule(name, new, strict=True)
     embedding = _quantize_embeddings(model, cfg, device) if cfg.embeddings else None  # before GPTQ reads inputs
     if by_gptq:
         layers += _gptq_layers(model, tokenizer, by_gptq, calibration, max_length, importance)
@@ -372,7 +365,6 @@ def decode_once(model: nn.Module) -> int:
             continue
         dense.weight.data = dequantize(mod.state()).float()
         dense.requires_grad_(False)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, dense.to(mod.codebook.device))
+        model.set_submodule(name, dense.to(mod.codebook.device), strict=True)
         n += 1
     return n

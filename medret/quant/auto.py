@@ -31,6 +31,18 @@ from medret.storage import write_atomic
 SCAN_FORMAT = "medret-sensitivity/1"
 MEASURES = {"fidelity": "fidelity_drop", "ndcg": "ndcg_drop"}  # quant.sensitivity_measure -> scan curve key
 CHOICE_FILE = Path("quant") / "auto_choice.yaml"  # in the run dir: a quant group file (hydra.searchpath)
+# how the chosen widths are rounded, refined and kept: the run's own options, never the scan's
+RUN_FIELDS = (
+    "save_dir",
+    "decode",
+    "method",
+    "calibration_texts",
+    "calibration_seed",
+    "gptq_damp",
+    "act_order",
+    "refine_steps",
+    "refine_lr",
+)
 
 
 def _unresolved(cfg: QuantConfig) -> None:
@@ -162,18 +174,12 @@ def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) 
     top = max(sorted(counts), key=lambda b: counts[b])  # ties: the lowest width
     fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
     overrides = {name: {"bits": b} for name, b in bits_per_layer.items() if b != top}
-    # the scan measured round-to-nearest; how the chosen widths are rounded is the run's (quant.method=gptq ...)
+    # the scan measured round-to-nearest; how the chosen widths are rounded and refined is the run's
     return replace(
         QuantConfig(**fields),
         bits=top,
         overrides=overrides,
-        save_dir=run.save_dir,
-        decode=run.decode,
-        method=run.method,
-        calibration_texts=run.calibration_texts,
-        calibration_seed=run.calibration_seed,
-        gptq_damp=run.gptq_damp,
-        act_order=run.act_order,
+        **{k: getattr(run, k) for k in RUN_FIELDS},
         target_bits=None,
         sensitivity=None,
         grid=None,

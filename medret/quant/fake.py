@@ -28,11 +28,6 @@ class FakeQuantLinear(nn.Module):
         return F.linear(x, w_ste, self.linear.bias)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-
-
 def attach_fake_quant(model: nn.Module, cfg) -> int:
     cfg = as_config(cfg)
     trainable = [n for n in names("custom") if scheme(n).qat]
@@ -45,7 +40,7 @@ def attach_fake_quant(model: nn.Module, cfg) -> int:
         if spec.name == "none":
             continue
         lin = model.get_submodule(name)
-        _replace(model, name, FakeQuantLinear(lin, spec, group_size_for(lin.weight, spec, name)))
+        model.set_submodule(name, FakeQuantLinear(lin, spec, group_size_for(lin.weight, spec, name)), strict=True)
         n += 1
     return n
 
@@ -54,4 +49,4 @@ def detach_fake_quant(model: nn.Module) -> None:
     """Back to plain nn.Linear holding the trained latent weights (then quantize for real)."""
     for name, mod in list(model.named_modules()):
         if isinstance(mod, FakeQuantLinear):
-            _replace(model, name, mod.linear)
+            model.set_submodule(name, mod.linear, strict=True)

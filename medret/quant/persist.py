@@ -64,12 +64,11 @@ def load_quantized(path: str, trust_remote_code: bool = False) -> torch.nn.Modul
     for name, spec in saved["modules"].items():
         if name not in modules:
             raise InputError(f"{root / MANIFEST}: module {name!r} not in the model built from config.json")
-        parent_name, _, attr = name.rpartition(".")
         if spec.get("kind") == "embedding":
             mod = QuantEmbedding(spec["out"], spec["in"], spec["bits"], spec["group_size"], spec["padding_idx"])
         else:
             mod = QuantLinear(spec["in"], spec["out"], spec["bits"], spec["group_size"], spec["bias"])
         mod.allocate(spec["tensors"], spec["dtypes"])
-        setattr(modules[parent_name] if parent_name else model, attr, mod)
+        model.set_submodule(name, mod, strict=True)
     model.load_state_dict(load_file(str(root / "model.safetensors")), strict=True)
     return model.eval()

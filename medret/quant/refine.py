@@ -78,11 +78,6 @@ class _Refining(nn.Module):
         return self.packed
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-
-
 def token_loss(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens of 1 - cosine to the fp32 output: scale-free, and each token a constraint."""
     cos = F.cosine_similarity(hidden.float(), target, dim=-1)
@@ -112,7 +107,7 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     for name, w in wrapped.items():
-        _swap(model, name, w)
+        model.set_submodule(name, w, strict=True)
     params = [p for w in wrapped.values() for p in w.tuned.values()]
     params += [w.bias for w in wrapped.values() if w.bias is not None]
     params += [p for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
@@ -136,7 +131,7 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
             sched.step()
     finally:
         for name, w in wrapped.items():
-            _swap(model, name, w.write_back())
+            model.set_submodule(name, w.write_back(), strict=True)
         for n, p in model.named_parameters():
             p.requires_grad_(flags.get(n, False))
         model.train(was_training)

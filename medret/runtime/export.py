@@ -107,20 +107,15 @@ def fp32_copy(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
         replacements[name] = lin
     placeholder = nn.Identity()
     for name in names:
-        _set_submodule(model, name, placeholder)
+        model.set_submodule(name, placeholder, strict=True)
     try:
         clone = copy.deepcopy(model)
     finally:
         for name, mod in originals.items():
-            _set_submodule(model, name, mod)
+            model.set_submodule(name, mod, strict=True)
     for name, lin in replacements.items():
-        _set_submodule(clone, name, lin)
+        clone.set_submodule(name, lin, strict=True)
     return clone.to("cpu", torch.float32).eval(), info
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
 def _example_inputs(encoder: Any, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
