@@ -25,7 +25,8 @@ from tests.test_evaluate import ROOT, compose_cfg
 register_sensitivity_config()
 
 # a tiny BERT reading 64 tokens: the 24 (layer, width) encodes of the scan take seconds
-TINY = ("model.name=tiny", "model.max_length=64", "quant.group_size=16", "quant.calibration_texts=8", "logger=none")
+TINY = ("model.name=tiny", "model.max_length=64", "quant.calibration_texts=8", "logger=none")
+GROUP = "quant.group_size=16"  # the scans' grid; quant=auto takes it from the scan, never from the run
 SCAN = ("data.num_records=120", "data.num_queries=30", "scan.dev_queries=8", "scan.dev_corpus=40")
 SCAN_BITS = [2, 8]
 
@@ -38,7 +39,9 @@ def compose_scan(*overrides: str):
 @pytest.fixture(scope="module")
 def scan(tiny_bert, tmp_path_factory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("scan")
-    cfg = compose_scan(f"model.path={tiny_bert}", *TINY, *SCAN, "scan.fidelity_texts=8", f"scan.bits={SCAN_BITS}")
+    cfg = compose_scan(
+        f"model.path={tiny_bert}", *TINY, GROUP, *SCAN, "scan.fidelity_texts=8", f"scan.bits={SCAN_BITS}"
+    )
     run_sensitivity(cfg, run_dir)
     return run_dir, json.loads((run_dir / "sensitivity.json").read_text())
 
@@ -82,7 +85,7 @@ def test_scan_writes_measured_and_proxy_curves_for_every_linear(scan, tiny_bert,
     assert report["dev"]["corpus_docs"] < 120
 
     # the storage priced per (layer, width) is what evaluate reports for that layer at that width
-    res = run_evaluate(compose_cfg(*eval_overrides(tiny_bert), "quant=uniform", "quant.bits=2"), tmp_path / "e")
+    res = run_evaluate(compose_cfg(*eval_overrides(tiny_bert), "quant=uniform", "quant.bits=2", GROUP), tmp_path / "e")
     evaluated = {layer["name"]: layer["effective_bits"] for layer in res["quant"]["layers"]}
     assert evaluated == {layer["name"]: layer["curve"]["2"]["effective_bits"] for layer in report["layers"]}
 
@@ -251,6 +254,11 @@ def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path)
             "quant.target_bits=3",
             "quant.sensitivity_measure=mse",
         ],
+        "quant.embeddings=True: quant=auto takes the scheme and its options from the scan": [
+            f"quant.sensitivity={elsewhere}",
+            "quant.target_bits=3",
+            "quant.embeddings=true",
+        ],
     }
     for expected, extra in cases.items():
         with pytest.raises(InputError) as err:
@@ -272,7 +280,7 @@ def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path)
 
 
 def test_bad_scan_options_are_one_error_line(tiny_bert, tmp_path):
-    base = [f"model.path={tiny_bert}", *TINY]
+    base = [f"model.path={tiny_bert}", *TINY, GROUP]
     for extra, expected in (
         (["data.split=test"], "scan.dev=split with data.split=test"),
         (["scan.bits=[1,4]"], "scan.bits=[1, 4]: expected distinct integer widths in 2..8"),
@@ -303,6 +311,7 @@ def test_auto_over_a_holdout_scan_reports_only_the_other_queries(tiny_bert, tmp_
     cfg = compose_scan(
         f"model.path={tiny_bert}",
         *TINY,
+        GROUP,
         *SCAN,
         *data,
         "scan.dev=holdout",

@@ -55,8 +55,23 @@ def _unresolved(cfg: QuantConfig) -> None:
 register(Scheme("auto", "auto", check=_unresolved, qat=False))
 
 
+AUTO_FIELDS = ("name", "target_bits", "sensitivity", "sensitivity_measure", "grid")
+
+
+def _check_scan_decides(cfg: QuantConfig) -> None:
+    """The scheme's options are the scan's (or quant.grid's): one the run sets would be silently replaced."""
+    default = QuantConfig()
+    for key in QuantConfig.__dataclass_fields__:
+        if key not in RUN_FIELDS + AUTO_FIELDS and getattr(cfg, key) != getattr(default, key):
+            raise InputError(
+                f"quant.{key}={getattr(cfg, key)!r}: quant=auto takes the scheme and its options from the scan; "
+                "set them when scanning (or round on another grid with quant.grid)"
+            )
+
+
 def read_scan(cfg: QuantConfig, model_path: str, revision: str | None) -> dict[str, Any]:
     """The scan JSON named by quant.sensitivity, checked against the run (before any model loads)."""
+    _check_scan_decides(cfg)
     if cfg.target_bits is None or not math.isfinite(cfg.target_bits) or cfg.target_bits <= 0:
         raise InputError(f"quant.target_bits={cfg.target_bits}: quant=auto needs a budget in bits/param (e.g. 3.0)")
     if cfg.sensitivity_measure not in MEASURES:
