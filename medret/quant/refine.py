@@ -100,10 +100,10 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
     """``steps`` Adam steps over the batches (seeded order, cosine-decayed ``lr``); returns the calibration loss
     (mean 1 - token cosine to fp32) before and after, and how many numbers were fitted. The model's packed
     layers hold the fitted floats (rounded to what they store) afterwards."""
-    before = mean_loss(model, batches)
     wrapped = {n: _Refining(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not wrapped:
         return {"steps": 0, "fitted_params": 0}
+    before = mean_loss(model, batches)  # only when there is something to fit: a whole pass over the texts
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     model.requires_grad_(False)
     for name, w in wrapped.items():
