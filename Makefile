@@ -1,27 +1,53 @@
 # Two entry points: `make evaluate` (install + default evaluate, offline) and `make test`.
+# Both install from a lock (requirements/{cpu,gpu}.lock), so what CI tested is what a new user gets.
 VENV ?= .venv
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medret-setup
+# The Python the locks were resolved for (pip-compile resolves for the interpreter it runs on).
+LOCK_PYTHON := 3.11
+# GPU machines (a working nvidia-smi) take the CUDA lock; everything else the CPU lock.
+PROFILE := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+LOCK := requirements/$(PROFILE).lock
+CHECK_PYTHON = -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
+	f"error: requirements/*.lock are resolved for Python $(LOCK_PYTHON), {sys.executable} is Python {v}: run with PYTHON=python$(LOCK_PYTHON), or re-resolve with make lock on that Python")'
 
-.PHONY: setup evaluate test lint slurm-up
+.PHONY: setup evaluate test test-fast lock lint slurm-up
 
 setup: $(STAMP)
 
-# CPU machines get the CPU torch wheel first so no CUDA build is pulled; GPU machines get faiss-gpu.
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(PY) -m pip install -q -e '.[gpu,test]'; \
-	else \
-		$(PY) -m pip install -q torch==2.13.0 && $(PY) -m pip install -q -e '.[cpu,test]'; \
-	fi
+# The CPU lock pins torch==2.13.0+cpu (the CPU wheel; no CUDA build is pulled); the GPU lock pins PyPI's
+# CUDA torch, faiss-gpu-cu12 and onnxruntime-gpu.
+$(STAMP): $(LOCK) pyproject.toml
+	@test -x $(PY) || $(PYTHON) $(CHECK_PYTHON)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) $(CHECK_PYTHON)
+	$(PY) -m pip install -q -r $(LOCK)
 	touch $@
 
 evaluate: setup
 	HF_HUB_OFFLINE=1 $(PY) evaluate.py $(ARGS)
 
+# The whole suite on two workers (pytest-xdist, one thread each; a file's tests stay on one worker so its
+# module fixtures are built once).
+XDIST ?= -n 2 --dist loadfile
 test: setup slurm-up
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# The inner loop for editing: everything but the slow real-data and SLURM tests.
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(XDIST) -m "not slow and not slurm" $(PYTEST_ARGS)
+
+# Re-resolve both locks on purpose (new dependency, security fix, a range moved). A lock change lands only
+# after `make test` passes on a fresh clone installed from it.
+lock:
+	@$(PYTHON) $(CHECK_PYTHON)
+	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q pip-tools==7.6.2
+	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+		-o requirements/cpu.lock requirements/cpu.in
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= .venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links -o requirements/gpu.lock requirements/gpu.in
 
 # A real single-node SLURM for the sweep tests (root + Debian's packages); without it they skip.
 slurm-up:

@@ -28,7 +28,20 @@ def isolated_env(tmp_path_factory):
         os.environ[var] = str(base / var.lower())
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["WANDB_SILENT"] = "true"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        one_thread_per_worker()
     yield
+
+
+def one_thread_per_worker() -> None:
+    """Under pytest-xdist (make test: two workers on two cores) each worker and the runs it starts compute on one
+    thread: two workers of two threads each would fight over the cores and slow both."""
+    import faiss
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
 
 
 def real_data(name: str) -> Path:
