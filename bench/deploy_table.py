@@ -12,17 +12,14 @@ Speed ratios against sentence-transformers come from bench/runtime_speed.py (sam
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
 from hydra import compose, initialize_config_dir
 
 from medret.config import register_configs
 from medret.evaluation import run_evaluate
-from medret.evaluation.fidelity import verdict
-from medret.storage import write_atomic
+from medret.results import RunResult, is_complete, read_run, verdict_label, write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, list[str]] = {
@@ -45,36 +42,22 @@ COLUMNS = ["variant", "runtime", "whole_MB", "disk_MB", "eff_bits_all", "ndcg@10
 COLUMNS += ["emb_cos", "docs_per_s", "threads"]
 
 
-def verdict_label(res: dict, run_dir: Path) -> str:
-    """The three-outcome verdict; runs from before it had one are judged again from their own per-query
-    deltas (per_query.jsonl) and CI, exactly as evaluate judges now."""
-    v = res["verdict"]
-    if "outcome" not in v:
-        d = res["deltas"][v["metric"]]
-        rows = [json.loads(x) for x in (run_dir / "per_query.jsonl").read_text().splitlines()]
-        per_query = np.array([r[f"delta_{v['metric']}"] for r in rows])
-        v = verdict(d, per_query, v["metric"], v["max_drop"])
-    n = v.get("queries_to_decide")
-    return f"inconclusive (~{n} q)" if v["outcome"] == "inconclusive" and n else v["outcome"]
-
-
-def row(name: str, res: dict, run_dir: Path) -> dict:
-    q, rt, d = res["quant"], res.get("runtime", {"name": "torch"}), res.get("deltas", {}).get("ndcg@10")
-    disk = rt.get("bytes_on_disk")
-    rate = res["throughput"].get("encode_docs_per_s")
+def row(name: str, run: RunResult) -> dict:
+    d, disk, rate, bits = run.deltas.get("ndcg@10"), run.disk_bytes, run.encode_rate, run.eff_bits_all
+    mode = run.runtime_quantize
     return {
         "variant": name,
-        "runtime": rt["name"] + (f" {rt['quantize']}" if rt.get("quantize", "none") != "none" else ""),
-        "whole_MB": round(q["model_bytes"] / 1e6, 1),
+        "runtime": run.runtime_name + (f" {mode}" if mode != "none" else ""),
+        "whole_MB": round(run.torch_bytes / 1e6, 1),
         "disk_MB": round(disk / 1e6, 1) if disk else "",
-        "eff_bits_all": round(q["effective_bits_per_param_all"], 2) if q.get("effective_bits_per_param_all") else "",
-        "ndcg@10": round(res["metrics"]["ndcg@10"], 4),
-        "delta": f"{d['delta']:+.4f}" if d else "",
-        "ci95": f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" if d else "",
-        "verdict": verdict_label(res, run_dir) if d else "baseline",
-        "emb_cos": round(res["fidelity"]["embedding_cosine"]["mean"], 4) if "fidelity" in res else "",
+        "eff_bits_all": round(bits, 2) if bits else "",
+        "ndcg@10": round(run.score(), 4),
+        "delta": f"{d.delta:+.4f}" if d else "",
+        "ci95": f"[{d.ci95[0]:+.4f}, {d.ci95[1]:+.4f}]" if d else "",
+        "verdict": verdict_label(run.verdict) if d else "baseline",
+        "emb_cos": "" if run.emb_cos_mean is None else round(run.emb_cos_mean, 4),
         "docs_per_s": round(rate, 1) if rate else "",
-        "threads": res["device"]["cpu_threads"],
+        "threads": run.cpu_threads,
     }
 
 
@@ -92,18 +75,14 @@ def main() -> None:
     rows = []
     for name in args.variants.split(","):
         run_dir = out / "runs" / name.replace("+", "_")
-        done = run_dir / "results.json"
-        if not done.is_file():
+        if not is_complete(run_dir):
             data = [f"data.path={Path(args.data).resolve()}", f"data.split={args.split}"]
             cache = f"cache.dir={out.resolve() / 'cache'}"
             overrides = ["data=beir", *data, "logger=none", cache, *VARIANTS[name], *args.override]
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
                 run_evaluate(compose(config_name="evaluate", overrides=overrides), run_dir)
-        rows.append(row(name, json.loads(done.read_text()), run_dir))
-        md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        md += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
-        command = f"Command: `python bench/deploy_table.py --data {args.data}`\n\n"
-        write_atomic(out / "table.md", [command, "\n".join(md), "\n"])
+        rows.append(row(name, read_run(run_dir)))
+        write_markdown(out / "table.md", COLUMNS, rows, f"python bench/deploy_table.py --data {args.data}")
         logging.info("%s", rows[-1])
 
 

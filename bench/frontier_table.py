@@ -12,38 +12,30 @@ It reads results only, so it runs anywhere in a second.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-HEADER = (
-    "| method and grid | bits/param | nDCG@10 | retention | delta [95% CI] | verdict | emb. cosine | quantize s |\n"
-    "|---|---:|---:|---:|---|---|---:|---:|"
-)
+from medret.results import markdown_table, read_run, verdict_label
+
+COLUMNS = ["method and grid", "bits/param", "nDCG@10", "retention", "delta [95% CI]", "verdict"]
+COLUMNS += ["emb. cosine", "quantize s"]
+NUMBERS = ["bits/param", "nDCG@10", "retention", "emb. cosine", "quantize s"]  # right-aligned
 
 
-def rederived(ci95: list[float], max_drop: float) -> str:
-    """Runs from before the three-outcome verdict: judged again from their own CI of the delta."""
-    if -ci95[0] <= max_drop:
-        return "accept"
-    return "reject" if -ci95[1] > max_drop else "inconclusive"
-
-
-def row(run_dir: Path, label: str, fp32_ndcg: float) -> str:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return f"| {label} | not run | | | | | | |"
-    r = json.loads(path.read_text())
-    ndcg, delta, v = r["metrics"]["ndcg@10"], r["deltas"]["ndcg@10"], r["verdict"]
-    outcome = v.get("outcome") or rederived(delta["ci95"], v["max_drop"])
-    if outcome == "inconclusive" and v.get("queries_to_decide"):
-        outcome += f" (~{v['queries_to_decide']:,})"
-    lo, hi = delta["ci95"]
-    secs = r["quant"].get("quantize_s")
-    return (
-        f"| {label} | {r['quant']['effective_bits_per_param']:.2f} | {ndcg:.4f} | {100 * ndcg / fp32_ndcg:.1f}% | "
-        f"{delta['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {outcome} | "
-        f"{r['fidelity']['embedding_cosine']['mean']:.3f} | {'' if secs is None else f'{secs:.1f}'} |"
-    )
+def row(run_dir: Path, label: str, fp32_ndcg: float) -> dict[str, str]:
+    run = read_run(run_dir)
+    if run is None:
+        return {"method and grid": label, "bits/param": "not run"}
+    ndcg, d, secs = run.score(), run.deltas["ndcg@10"], run.quantize_s
+    return {
+        "method and grid": label,
+        "bits/param": f"{run.eff_bits:.2f}",
+        "nDCG@10": f"{ndcg:.4f}",
+        "retention": f"{100 * ndcg / fp32_ndcg:.1f}%",
+        "delta [95% CI]": f"{d.delta:+.4f} [{d.ci95[0]:+.4f}, {d.ci95[1]:+.4f}]",
+        "verdict": verdict_label(run.verdict),
+        "emb. cosine": f"{run.emb_cos_mean:.3f}",
+        "quantize s": "" if secs is None else f"{secs:.1f}",
+    }
 
 
 def main() -> None:
@@ -51,11 +43,11 @@ def main() -> None:
     parser.add_argument("fp32", type=Path, help="the fp32 run's dir (its nDCG@10 is the 100%)")
     parser.add_argument("rows", nargs="+", help="RUN_DIR:label")
     args = parser.parse_args()
-    fp32 = json.loads((args.fp32 / "results.json").read_text())["metrics"]["ndcg@10"]
-    print(HEADER)
-    for spec in args.rows:
-        run_dir, _, label = spec.partition(":")
-        print(row(Path(run_dir), label or Path(run_dir).name, fp32))
+    fp32 = read_run(args.fp32)
+    if fp32 is None:
+        parser.error(f"{args.fp32}: no finished evaluate run there (no results.json)")
+    specs = [(Path(d), label or Path(d).name) for d, _, label in (s.partition(":") for s in args.rows)]
+    print("\n".join(markdown_table(COLUMNS, [row(d, label, fp32.score()) for d, label in specs], right=NUMBERS)))
 
 
 if __name__ == "__main__":

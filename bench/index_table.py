@@ -16,10 +16,26 @@ from hydra import compose, initialize_config_dir
 
 from medret.config import register_configs
 from medret.evaluation import run_evaluate
-from medret.storage import write_atomic
+from medret.results import RunResult, is_complete, read_run, write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["flat", "fp16", "sq8", "sq4", "pq", "ivf_pq", "hnsw", "binary"]
+
+
+def row(preset: str, run: RunResult) -> dict:
+    idx, t = run.index, run.throughput
+    rec = [v for k, v in idx.items() if k.startswith("recall_vs_exact@")]
+    return {
+        "index": preset,
+        "factory": idx["factory"],
+        "MB": round(idx["bytes"] / 1e6, 2),
+        "build_s": round(idx["build_s"], 2),
+        "qps": round(t["search_qps"]),
+        "p50_ms": round(t["latency_ms_p50"], 3),
+        "recall_vs_exact@10": round(rec[0], 4) if rec else 1.0,
+        "ndcg@10": round(run.score(), 4),
+        "recall@100": round(run.metrics["recall@100"], 4),
+    }
 
 
 def main() -> None:
@@ -33,37 +49,15 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         run_dir = out / preset
-        if not (run_dir / "results.json").is_file():
+        if not is_complete(run_dir):
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
                 cfg = compose(config_name="evaluate", overrides=["logger=none", f"index={preset}", *args.overrides])
             run_evaluate(cfg, run_dir)
-        r = json.loads((run_dir / "results.json").read_text())
-        idx, t = r["index"], r["throughput"]
-        rec = [v for k, v in idx.items() if k.startswith("recall_vs_exact@")]
-        rows.append(
-            {
-                "index": preset,
-                "factory": idx["factory"],
-                "MB": round(idx["bytes"] / 1e6, 2),
-                "build_s": round(idx["build_s"], 2),
-                "qps": round(t["search_qps"]),
-                "p50_ms": round(t["latency_ms_p50"], 3),
-                "recall_vs_exact@10": round(rec[0], 4) if rec else 1.0,
-                "ndcg@10": round(r["metrics"]["ndcg@10"], 4),
-                "recall@100": round(r["metrics"]["recall@100"], 4),
-            }
-        )
+        rows.append(row(preset, read_run(run_dir)))
         print(json.dumps(rows[-1]), flush=True)
-    cols = list(rows[0])
-    md = [
-        f"Command: `python bench/index_table.py --out {args.out} {' '.join(args.overrides)}`",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    write_atomic(out / "table.md", ["\n".join(md) + "\n"])
-    print("\n".join(md))
+    command = f"python bench/index_table.py --out {args.out} {' '.join(args.overrides)}"
+    table = write_markdown(out / "table.md", list(rows[0]), rows, command)
+    print(f"Command: `{command}`\n\n{table}")
 
 
 if __name__ == "__main__":

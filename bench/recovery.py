@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medret.results import read_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +43,7 @@ def per_query_ndcg(run_dir: Path) -> dict[str, float]:
     return {r["query_id"]: r["ndcg@10"] for r in rows}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
@@ -52,10 +54,11 @@ def main() -> None:
     ap.add_argument("--lr-ft", default="2e-5")
     ap.add_argument("--lr-qat", default="2e-5")
     ap.add_argument("--lr-qlora", default="2e-4")
-    args = ap.parse_args()
-    from medret.metrics.ranking import bootstrap_ci
+    return ap.parse_args()
 
-    out = Path(args.out).resolve()
+
+def run_all(args: argparse.Namespace, out: Path) -> list[tuple[str, str, Path]]:
+    """Every evaluate and train run of the table (each skipped when its folder already holds its results)."""
     data = Path(args.data).resolve()
     cache = f"cache.dir={out / 'cache'}"
     test = ["data=beir", f"data.path={data}", "data.split=test", cache]
@@ -92,6 +95,11 @@ def main() -> None:
                 run("evaluate", out / f"eval-qlora-merged{b}", [*test, *q, f"model.path={ql / 'best_model'}"]),
             )
         )
+    return rows
+
+
+def write_table(args: argparse.Namespace, out: Path, rows: list[tuple[str, str, Path]]) -> None:
+    from medret.metrics.ranking import bootstrap_ci
 
     base = per_query_ndcg(rows[0][2])
     qids = sorted(base)
@@ -107,7 +115,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, bits, d in rows:
-        res = json.loads((d / "results.json").read_text())
+        res = read_run(d).raw
         pq = per_query_ndcg(d)
         diff = np.array([pq[q] - base[q] for q in qids])
         lo, hi = bootstrap_ci(diff, n_resamples=2000, seed=0)
@@ -130,6 +138,12 @@ def main() -> None:
         )
         print(lines[-1], flush=True)
     (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out).resolve()
+    write_table(args, out, run_all(args, out))
 
 
 if __name__ == "__main__":

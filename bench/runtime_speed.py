@@ -110,7 +110,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--calibration", type=int, default=300)
@@ -124,8 +124,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="runtime/mode[/precision], e.g. openvino/int8/bf16")
     ap.add_argument("--out", default=None)
     ap.add_argument("--against", choices=("st", "medret"), default="st", help="reference encoder of the ratios")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     docs = read_docs(Path(args.corpus), args.docs + args.calibration)
@@ -175,6 +178,11 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         del rt
+    report(args, rows, fp32_bytes)
+
+
+def report(args: argparse.Namespace, rows: list[dict], fp32_bytes: int) -> None:
+    """The console table, and the JSON file with ``--out``."""
     print(f"\ntorch fp32 model: {fp32_bytes / 1e6:.1f} MB; docs/s medians of {args.repeats}, torch timed alternately")
     cols = ("docs/s", "ref", "speedup", "MB", "cos min", "cos mean")
     print(f"{'runtime':<9} {'quantize':<13} " + " ".join(f"{c:>8}" for c in cols))

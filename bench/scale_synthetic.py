@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from medret.results import is_complete, read_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,7 +107,7 @@ def main() -> None:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         run = out / f"n{n}-{args.index}"
-        if not (run / "results.json").is_file():
+        if not is_complete(run):
             cmd = [
                 sys.executable,
                 str(ROOT / "evaluate.py"),
@@ -124,7 +126,7 @@ def main() -> None:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             if not args.keep_cache:
                 shutil.rmtree(out / "cache", ignore_errors=True)
-        r = json.loads((run / "results.json").read_text())
+        r = read_run(run).raw
         t = r["throughput"]
         rows.append(
             {

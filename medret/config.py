@@ -62,7 +62,7 @@ class ModelConfig:
 @dataclass
 class QuantConfig:
     # none | fp16 | bf16 | bnb_int8 | bnb_nf4 | bnb_fp4 | uniform | kmeans | nf | log | companding
-    # | fisher_kmeans | outliers
+    # | fisher_kmeans | outliers | auto (medret.quant.registry; each scheme declares the options below it reads)
     name: str = "none"
     bits: int | None = None  # 2..8 for the custom schemes
     granularity: str = "group"  # tensor | channel | group
@@ -72,10 +72,13 @@ class QuantConfig:
     kmeans_iters: int = 25
     base: str | None = None  # outliers: the scheme that quantizes the dense part
     outlier_fraction: float = 0.0  # keep this fraction of largest-|w| weights in fp16 (any custom scheme)
-    calibration_texts: int = 64  # fisher_kmeans, method=gptq: seeded sample of unlabelled corpus texts
+    # seeded sample of unlabelled corpus texts for every calibrated step: Fisher weights (fisher_kmeans), GPTQ's
+    # Hessians (method=gptq), refinement's fp32 targets (refine_steps)
+    calibration_texts: int = 64
     calibration_seed: int = 0  # which sample: another seed shows how much a result owes to its calibration draw
-    # how weights are rounded to the scheme's grid: rtn (round-to-nearest) | gptq (Hessian error compensation,
-    # any custom level set) | hqq (half-quadratic fit of scale and zero, the hqq package; uniform asymmetric)
+    # how weights are rounded to the scheme's grid (medret.quant.registry's methods): rtn (round-to-nearest) |
+    # gptq (Hessian error compensation, any custom level set) | hqq (half-quadratic fit of scale and zero, the hqq
+    # package; uniform asymmetric)
     method: str = "rtn"
     gptq_damp: float = 0.01  # gptq: added to the Hessian diagonal, as a fraction of its mean
     act_order: bool = False  # gptq: columns in decreasing Hessian diagonal; group grids fitted up front
@@ -134,7 +137,7 @@ class IndexConfig:
 class RuntimeConfig:
     """Where the (quantized) encoder runs: torch as loaded, or exported to a deployable runtime."""
 
-    name: str = "torch"  # torch | onnx | openvino
+    name: str = "torch"  # a registered backend (medret/runtime/*_backend.py): torch | onnx | openvino
     # onnx: none | dynamic_int8 | static_int8;  openvino: none | int8 | int4_weights
     quantize: str = "none"
     threads: int | None = None  # intra-op threads; None = the runtime's default (all cores)
@@ -143,7 +146,7 @@ class RuntimeConfig:
     group_size: int = 64  # openvino int4_weights: weights per scale group (-1 = per channel)
     int4_mode: str = "int4_asym"  # openvino int4_weights: int4_sym | int4_asym | nf4
     ratio: float = 1.0  # openvino int4_weights: share of layers in 4 bits (the rest int8)
-    opset: int = 18  # torch's dynamo ONNX exporter writes opset 18 or later
+    opset: int = 18  # 18..23: torch's dynamo ONNX exporter writes opset 18 or later, up to its ONNX_MAX_OPSET
     # openvino: precision of the ops left in float (f32 | bf16; bf16 needs AVX512-BF16/AMX, else f32 runs)
     precision: str = "f32"
 

@@ -14,7 +14,7 @@ from medret.errors import InputError
 from medret.metrics import paired_delta_ci
 from medret.models import load_retriever
 from medret.quant import kmeans, normal_float, quantize_retriever, uniform, validate
-from medret.quant.apply import quantize_weight
+from medret.quant.layers import quantize_weight
 from medret.quant.linear import QuantLinear
 from medret.quant.packing import pack_codes, unpack_codes
 from medret.quant.state import dequantize

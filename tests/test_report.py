@@ -316,3 +316,21 @@ def test_fake_datasets_get_suffixed_pngs_and_one_section_each(tmp_path):
         "synthetic-300-s1-test",
         "synthetic-300-s2-test",
     }
+
+
+def test_old_verdicts_read_the_same_in_the_report_and_the_sweep_summary(tmp_path):
+    # before the third outcome only `accept` was stored: a CI straddling the gate is inconclusive everywhere
+    from medret.launch.summary import job_rows
+
+    root = tmp_path / "old"
+    for i, name in enumerate(("uniform-4", "nf-2")):
+        res = fake_result(*FAKE_RUNS[name])
+        del res["verdict"]["accept"]
+        res["verdict"] |= {"accept": False, "metric": "ndcg@10"}
+        res["deltas"]["ndcg@10"]["ci95"] = [-0.03, 0.005] if name == "uniform-4" else [-0.7, -0.6]
+        (root / str(i) / ".hydra").mkdir(parents=True)
+        (root / str(i) / ".hydra" / "overrides.yaml").write_text(f"- run={name}\n")
+        (root / str(i) / "results.json").write_text(json.dumps(res))
+    rep, _ = write_report([root])
+    assert [r["verdict"] for r in rep.rows] == ["inconclusive", "reject"]
+    assert [r["verdict"] for r in job_rows(root)] == ["inconclusive", "reject"]

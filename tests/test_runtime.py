@@ -17,8 +17,9 @@ import torch
 from medret.config import ModelConfig, QuantConfig, RuntimeConfig
 from medret.errors import InputError
 from medret.models import load_retriever
-from medret.runtime import build as build_mod
 from medret.runtime import build_runtime, validate
+from medret.runtime import cache as cache_mod
+from medret.runtime import exported as exported_mod
 from tests.conftest import WORDS, build_tiny_bert
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None
@@ -221,8 +222,8 @@ def test_sigkilled_build_leaves_debris_the_next_build_sweeps(tmp_path):
     root = tmp_path / "runtime"
     root.mkdir()
     script = (
-        "import sys, time; from pathlib import Path; from medret.runtime.build import _build_atomic; "
-        "_build_atomic(Path(sys.argv[1]) / 'k1', lambda tmp: (print('building', flush=True), time.sleep(60)))"
+        "import sys, time; from pathlib import Path; from medret.runtime.cache import build_atomic; "
+        "build_atomic(Path(sys.argv[1]) / 'k1', lambda tmp: (print('building', flush=True), time.sleep(60)))"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "building"  # the temp folder exists now
@@ -232,7 +233,7 @@ def test_sigkilled_build_leaves_debris_the_next_build_sweeps(tmp_path):
     assert len(debris) == 1 and debris[0].startswith(".k1.tmp-")
     live = root / f".k2.tmp-{socket.gethostname()}-{os.getpid()}-0123abcd"  # a build in progress
     live.mkdir()
-    gone = build_mod.sweep_debris(root)
+    gone = cache_mod.sweep_debris(root)
     assert [p.name for p in gone] == debris
     assert sorted(p.name for p in root.iterdir()) == [live.name]
 
@@ -244,7 +245,7 @@ def test_second_build_reuses_the_cache_without_exporting(encoder, cache, monkeyp
     def no_export(*a, **k):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(build_mod, "export_onnx", no_export)
+    monkeypatch.setattr(exported_mod, "export_onnx", no_export)
     rt, info = build_runtime(encoder, _cfg("onnx", "dynamic_int8"), cache, "tiny64")
     assert info["cached"] and info["export_cached"] and info["export_s"] == 0.0
     assert info["cache_key"] == first["cache_key"]

@@ -13,8 +13,8 @@ from medret.config import ModelConfig, QuantConfig
 from medret.evaluation import run_evaluate
 from medret.models import load_retriever
 from medret.quant import decode_resident, quantize_retriever
-from medret.quant.apply import quantize_weight
 from medret.quant.embedding import QuantEmbedding, decode_rows
+from medret.quant.layers import quantize_weight
 from medret.quant.sizes import bytes_by_part
 from medret.quant.state import dequantize
 from tests.test_evaluate import compose_cfg, tiny_overrides, wandb_summary

@@ -303,7 +303,7 @@ def test_lora_over_a_quantized_base_fits_a_batch(tiny_bert, scheme):
     from medret.models import load_retriever
     from medret.models.lora import attach_lora, lora_targets
     from medret.quant import quantize_retriever
-    from medret.training.trainer import _embed
+    from medret.training.loop import _embed
 
     torch.manual_seed(0)
     r = load_retriever(OmegaConf.structured(ModelConfig(name="t", path=str(tiny_bert))))

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 import medret
 from medret.cache import cache_root, ensure_writable
+from medret.cache.options import check_cache_options
 from medret.config import EvalConfig, EvaluateConfig, typed
 from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
@@ -27,17 +27,16 @@ from medret.models import Retriever, load_retriever
 from medret.models.encoder import check_model_folders, check_model_options, doc_max_length, resolve_model_path
 from medret.models.saving import save_quantized
 from medret.quant import (
+    QuantPlan,
     calibration_corpus,
     decode_resident,
-    needs_calibration,
-    quant_identity,
+    plan_quant,
     quantize_retriever,
     scheme,
     state_bytes,
-    validate,
 )
-from medret.quant.apply import drop_unused_bits
 from medret.quant.auto import check_scanned_weights, leave_out_dev_queries, resolve_auto, write_choice
+from medret.quant.corpus import spread_sample
 from medret.retrieval import Retrieval, RetrievalSettings, encode_one_shard, model_identity, retrieve
 from medret.runtime import build_runtime
 from medret.runtime import needs_calibration as runtime_needs_calibration
@@ -50,24 +49,26 @@ from medret.tracking.provenance import device_info, git_commit, peak_memory, ver
 log = logging.getLogger(__name__)
 
 
-def check_options(cfg: EvaluateConfig) -> None:
-    """Every option that needs no data or model: a bad one fails before anything heavy starts."""
+def check_options(cfg: EvaluateConfig, auto: dict | None = None) -> QuantPlan:
+    """Every option that needs no data or model: a bad one fails before anything heavy starts. Returns the
+    quant plan (``auto``: quant=auto's choice, already resolved into ``cfg.quant``)."""
     check_data_options(cfg.data)
     check_model_options(cfg.model)
     check_passage_length(cfg)
-    validate(cfg.quant, cfg.model.device)
-    drop_unused_bits(cfg.quant)
+    plan = plan_quant(cfg.quant, cfg.model.device, auto)
+    cfg.quant = plan.config  # unused bits dropped: results.json records the config that ran
     check_eval_numbers(cfg.eval)
     check_eval(cfg.eval)
     check_index_options(cfg.index)
     check_logger(cfg.logger)
     check_runtime(cfg.runtime)
     check_cache_options(cfg)
-    if cfg.model.adapter and scheme(cfg.quant.name).kind in ("none", "cast"):
+    if cfg.model.adapter and plan.scheme.kind in ("none", "cast"):
         raise InputError(
             f"model.adapter={cfg.model.adapter}: a QLoRA adapter sits on a quantized base; set the "
             "quant it was trained over"
         )
+    return plan
 
 
 def check_eval_numbers(ev: EvalConfig) -> None:
@@ -80,18 +81,6 @@ def check_eval_numbers(ev: EvalConfig) -> None:
         raise InputError(f"eval.gate_max_drop={ev.gate_max_drop}: expected a finite number >= 0")
     if ev.passage_fanout < 1:
         raise InputError(f"eval.passage_fanout={ev.passage_fanout}: expected a positive count")
-
-
-def check_cache_options(cfg: EvaluateConfig) -> None:
-    c = cfg.cache
-    if c.shard_size < 1:
-        raise InputError(f"cache.shard_size={c.shard_size}: expected a positive number of records")
-    if c.dtype not in ("float16", "float32"):
-        raise InputError(f"cache.dtype={c.dtype!r}: expected float16 or float32")
-    if c.only_shard is not None and c.only_shard < 0:
-        raise InputError(f"cache.only_shard={c.only_shard}: expected a shard number >= 0")
-    if cfg.seed < 0:
-        raise InputError(f"seed={cfg.seed}: expected an integer >= 0")
 
 
 def check_passage_length(cfg: EvaluateConfig) -> None:
@@ -171,28 +160,28 @@ def save_fp32_baseline(path: Path, out: Retrieval, j: Judgement) -> None:
     bl.save_baseline(path, j.qids, j.per_query, out.ranked_ids, out.query_emb, out.corpus.sample)
 
 
-def quantize_stage(retriever: Retriever, data, cfg: EvaluateConfig) -> tuple[dict, dict]:
+def quantize_stage(retriever: Retriever, data, cfg: EvaluateConfig, plan: QuantPlan) -> tuple[dict, dict]:
     """Quantize in place; returns (quant info for results.json, the quant part of cache keys)."""
     calibration = None
-    if needs_calibration(cfg.quant):  # unlabelled corpus texts for Fisher-weighted k-means
-        calibration = calibration_corpus(data.doc_texts, cfg.quant)
-    info = quantize_retriever(retriever, cfg.quant, calibration=calibration)
-    if cfg.quant.save_dir and cfg.quant.name != "none":
-        info["saved_to"] = str(save_quantized(retriever, Path(cfg.quant.save_dir), info))
-    qkey = {"name": "none"} if cfg.quant.name == "none" else quant_identity(cfg.quant)
+    if plan.needs_calibration:  # unlabelled corpus texts: Fisher weights, GPTQ's Hessians, refinement's targets
+        calibration = calibration_corpus(data.doc_texts, plan.config)
+    info = quantize_retriever(retriever, plan, calibration=calibration)
+    if plan.config.save_dir and plan.config.name != "none":
+        info["saved_to"] = str(save_quantized(retriever, Path(plan.config.save_dir), info))
+    qkey = plan.cache_key
     if cfg.model.adapter:  # LoRA wraps the packed modules: they stay packed, decoded per forward
-        qkey = {**qkey, "adapter": attach_adapter(retriever, cfg, info)}
+        qkey = {**qkey, "adapter": attach_adapter(retriever, cfg, info, plan.identity)}
     else:
-        info.update(decode_resident(retriever, cfg.quant))
+        info.update(decode_resident(retriever, plan.config))
     return info, qkey
 
 
-def attach_adapter(retriever: Retriever, cfg: EvaluateConfig, info: dict) -> str:
+def attach_adapter(retriever: Retriever, cfg: EvaluateConfig, info: dict, quant_identity: dict) -> str:
     """QLoRA adapters over the quantized base; counted in the model's bytes and bits. Returns their digest."""
     from medret.models.lora import load_adapters
 
     encoders = retriever.encoders()
-    meta = load_adapters([e.model for e in encoders], Path(cfg.model.adapter), quant_identity(cfg.quant))
+    meta = load_adapters([e.model for e in encoders], Path(cfg.model.adapter), quant_identity)
     params = sum(p.numel() for e in encoders for n, p in e.model.named_parameters() if "lora_" in n)
     info["adapter"] = {
         "path": cfg.model.adapter,
@@ -216,9 +205,7 @@ def runtime_stage(
     rt = cfg.runtime
     calibration = None
     if runtime_needs_calibration(rt):  # label-free, seeded corpus texts; never the queries
-        rng = np.random.default_rng(cfg.seed)
-        picks = rng.choice(data.num_docs, size=min(data.num_docs, rt.calibration_texts), replace=False)
-        calibration = [data.doc_texts[int(i)] for i in sorted(picks)]
+        calibration = spread_sample(data.doc_texts, rt.calibration_texts, cfg.seed)
     weights = digest({**key, "model": cfg.model.path, "revision": cfg.model.revision})
     doc, info = build_runtime(retriever.doc, rt, root, weights + "-doc", calibration)
     if retriever.query is retriever.doc:
@@ -322,10 +309,10 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     # quant=auto: bits per layer from a sensitivity scan, as plain overrides before any check or model
     model_dir = functools.partial(resolve_model_path, cfg.model.path)  # quant.grid reads the model's shapes
     cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, None, model_dir)
-    check_options(cfg)
+    plan = check_options(cfg, auto)
     check_model_folders(cfg.model)
     if auto:  # written only for a run whose options all passed
-        write_choice(cfg.quant, auto, run_dir)
+        write_choice(plan.config, auto, run_dir)
     data, ks = load_checked_data(cfg)
     data = leave_out_dev_queries(data, auto)  # quant=auto tuned on a holdout of this split: not reported on
     root = cache_root(cfg.cache.dir)
@@ -337,7 +324,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     identity = model_identity(retriever)
     check_scanned_weights(auto, identity)
     base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity)
-    quant_info, qkey = quantize_stage(retriever, data, cfg)
+    quant_info, qkey = quantize_stage(retriever, data, cfg, plan)
     if auto:  # the choice, its budget, and the bits/param the real quantization reached
         quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get("effective_bits_per_param")}
     key = {"weights": identity, "quant": qkey}

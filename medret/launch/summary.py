@@ -1,5 +1,6 @@
-"""The table a multirun ends with: one row per job, read back from each job's results file
-(registered as a Hydra callback in conf/evaluate.yaml, conf/train.yaml and conf/sensitivity.yaml)."""
+"""The table a multirun ends with: one row per job, read back from each job's results file (an evaluate's
+through ``medret.results``). Registered as a Hydra callback in conf/evaluate.yaml, conf/train.yaml and
+conf/sensitivity.yaml."""
 
 from __future__ import annotations
 
@@ -11,22 +12,24 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from medret.results import METRIC, RunResult, is_complete, read_run
+from medret.results import text_table as format_table  # the name callers know
+
 
 def _number(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def evaluate_row(res: dict[str, Any]) -> dict[str, str]:
-    metric = res.get("verdict", {}).get("metric") or "ndcg@10"
-    delta = res.get("deltas", {}).get(metric, {}).get("delta")
-    verdict = res.get("verdict", {})
-    size = res.get("sizes", {}).get("model_param_bytes")
+def evaluate_row(res: RunResult) -> dict[str, str]:
+    metric = res.verdict.metric if res.verdict else METRIC
+    delta = res.deltas.get(metric)
+    size = res.param_bytes
     return {
-        metric: _number(res.get("metrics", {}).get(metric), ".4f"),
-        "delta": _number(delta, "+.4f"),
-        "verdict": str(verdict.get("outcome") or ("accept" if verdict.get("accept") else "reject")) if verdict else "-",
+        metric: _number(res.metrics.get(metric), ".4f"),
+        "delta": _number(delta and delta.delta, "+.4f"),
+        "verdict": res.verdict.outcome if res.verdict else "-",
         "model MB": _number(None if size is None else size / 2**20, ".2f"),
-        "docs/s": _number(res.get("throughput", {}).get("encode_docs_per_s"), ".0f"),
+        "docs/s": _number(res.encode_rate, ".0f"),
     }
 
 
@@ -58,8 +61,8 @@ def job_rows(sweep_dir: Path) -> list[dict[str, str]]:
     rows = []
     for d in jobs:
         row = {"job": d.name, "overrides": " ".join(o for o in overrides[d] if o not in shared) or "-"}
-        if (d / "results.json").is_file():
-            row.update(evaluate_row(json.loads((d / "results.json").read_text())))
+        if is_complete(d):
+            row.update(evaluate_row(read_run(d)))
         elif (d / "train_results.json").is_file():
             row.update(train_row(json.loads((d / "train_results.json").read_text())))
         elif (d / "sensitivity.json").is_file():  # python -m medret.sensitivity -m ...
@@ -72,14 +75,6 @@ def job_rows(sweep_dir: Path) -> list[dict[str, str]]:
 
 def _job_order(d: Path) -> tuple[int, str]:
     return (int(d.name), "") if d.name.isdigit() else (1 << 30, d.name)
-
-
-def format_table(rows: list[dict[str, str]]) -> str:
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    width = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(width[c]) for c in columns)]
-    lines += ["  ".join(r.get(c, "").ljust(width[c]) for c in columns).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 class SweepSummary(Callback):

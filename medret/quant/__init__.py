@@ -3,36 +3,36 @@
 Schemes live in one registry (``medret.quant.registry``): ``none``; casts ``fp16``/``bf16``;
 bitsandbytes ``bnb_int8``/``bnb_nf4``/``bnb_fp4``; custom ``uniform``, ``kmeans``, ``nf``, ``log``,
 ``companding``, ``fisher_kmeans`` and ``outliers``, each a pure quantize/dequantize pair in its own
-module, stored packed in ``QuantLinear``. This package knows nothing of ``medret.models``: it works
-on any object with ``encoders()`` whose items hold ``model``, ``tokenizer`` and ``settings``.
+module, stored packed in ``QuantLinear``; ``auto`` (per-layer widths from a sensitivity scan). Rounding
+methods (``rtn``, ``gptq``, ``hqq``) have a registry of their own. The options are resolved once into a
+``QuantPlan`` (``plan_quant``). This package knows nothing of ``medret.models``: it works on any object
+with ``encoders()`` whose items hold ``model``, ``tokenizer`` and ``settings``.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from medret.quant.apply import (
-    as_config,
-    decode_once,
-    needs_calibration,
-    quant_identity,
-    quantize_model,
-    state_bytes,
-    validate,
-)
+from medret.quant.apply import quantize_model
+from medret.quant.checks import validate
+from medret.quant.corpus import calibration_corpus, seeded_sample
+from medret.quant.layers import decode_once, state_bytes
 from medret.quant.linear import PackedModule
-from medret.quant.registry import names, scheme
+from medret.quant.options import as_config, needs_calibration, quant_identity
+from medret.quant.plan import QuantPlan, plan_quant
+from medret.quant.registry import method, names, scheme
 from medret.quant.sizes import PARTS, bytes_by_part, param_count
 
 __all__ = [
+    "QuantPlan",
     "calibration_corpus",
     "decode_resident",
     "model_sizes",
+    "method",
     "names",
     "needs_calibration",
+    "plan_quant",
     "quant_identity",
     "quantize_retriever",
     "scheme",
@@ -55,15 +55,16 @@ def _packed_info(encoders: list) -> dict[str, Any]:
     return {"loaded_packed": True, "quantized_params": n, "effective_bits_per_param": sum(b * p for b, p in packed) / n}
 
 
-def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> dict[str, Any]:
-    """Quantize in place (each distinct model once); returns what was done, for results.json."""
-    cfg = as_config(cfg)
-    validate(cfg)
+def quantize_retriever(retriever, plan, calibration: list[str] | None = None) -> dict[str, Any]:
+    """Quantize in place (each distinct model once) as ``plan`` says (a QuantPlan, or a config checked
+    into one here); returns what was done, for results.json. ``calibration``: the run's corpus texts
+    (``calibration_corpus``); a longer list is cut to ``quant.calibration_texts`` by the same seeded sample."""
+    plan = plan_quant(plan)
+    cfg, s = plan.config, plan.scheme
     encoders = retriever.encoders()
     fp32_bytes = sum(state_bytes(e.model) for e in encoders)
     n_params = sum(param_count(e.model) for e in encoders)  # as loaded: the "per parameter" of bits/param
     info: dict[str, Any] = {"scheme": cfg.name, "bits": cfg.bits}
-    s = scheme(cfg.name)
     started = time.perf_counter()
     if s.kind == "cast":
         for e in encoders:
@@ -73,8 +74,8 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
         info.update(_packed_info(encoders))
     else:
         if calibration:
-            calibration = _seeded_sample(calibration, cfg.calibration_texts, cfg.calibration_seed)
-        info.update(_method_info(cfg, calibration))
+            calibration = seeded_sample(calibration, cfg.calibration_texts, cfg.calibration_seed)
+        info.update(_method_info(plan, calibration))
         reports = [
             quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
             for e in encoders
@@ -99,26 +100,14 @@ def quantize_retriever(retriever, cfg, calibration: list[str] | None = None) -> 
     return info
 
 
-def calibration_corpus(doc_texts: Sequence[str], cfg) -> list[str]:
-    """The unlabelled corpus texts a calibrated quantization reads (Fisher weights, GPTQ's Hessians): a seeded
-    sample of ``cfg.calibration_texts`` from the first records. One place, so that evaluate, training and the
-    sensitivity scan quantize a layer alike."""
-    pool = list(doc_texts[: max(cfg.calibration_texts * 4, 256)])
-    return _seeded_sample(pool, cfg.calibration_texts, getattr(cfg, "calibration_seed", 0))
-
-
-def _seeded_sample(texts: list[str], n: int, seed: int = 0) -> list[str]:
-    return random.Random(seed).sample(texts, n) if len(texts) > n else texts
-
-
-def _method_info(cfg, calibration: list[str] | None) -> dict[str, Any]:
-    """How the weights were rounded, and from how many corpus texts (GPTQ's Hessians, Fisher weights)."""
-    used = len(calibration or []) if needs_calibration(cfg) else 0
+def _method_info(plan: QuantPlan, calibration: list[str] | None) -> dict[str, Any]:
+    """How the weights were rounded (the method and its own options), and from how many corpus texts."""
+    cfg = plan.config
+    used = len(calibration or []) if plan.needs_calibration else 0
     info: dict[str, Any] = {"method": cfg.method, "calibration_texts_used": used}
     if used:
         info["calibration_seed"] = cfg.calibration_seed
-    if cfg.method == "gptq":
-        info.update({"gptq_damp": cfg.gptq_damp, "act_order": cfg.act_order})
+    info.update({k: getattr(cfg, k) for k in plan.method.options})
     return info
 
 

@@ -23,26 +23,17 @@ import yaml
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant.apply import as_config, group_size_for, quant_identity, quantize_weight, validate
 from medret.quant.budget import DEFAULT_STEPS, choose_options
+from medret.quant.checks import validate
+from medret.quant.layers import quantize_weight
+from medret.quant.options import as_config, grid_keys, quant_identity, run_fields
 from medret.quant.registry import Scheme, names, register, scheme
+from medret.quant.select import group_size_for
 from medret.storage import write_atomic
 
 SCAN_FORMAT = "medret-sensitivity/1"
 MEASURES = {"fidelity": "fidelity_drop", "ndcg": "ndcg_drop"}  # quant.sensitivity_measure -> scan curve key
 CHOICE_FILE = Path("quant") / "auto_choice.yaml"  # in the run dir: a quant group file (hydra.searchpath)
-# how the chosen widths are rounded, refined and kept: the run's own options, never the scan's
-RUN_FIELDS = (
-    "save_dir",
-    "decode",
-    "method",
-    "calibration_texts",
-    "calibration_seed",
-    "gptq_damp",
-    "act_order",
-    "refine_steps",
-    "refine_lr",
-)
 
 
 def _unresolved(cfg: QuantConfig) -> None:
@@ -52,17 +43,24 @@ def _unresolved(cfg: QuantConfig) -> None:
     )
 
 
-register(Scheme("auto", "auto", check=_unresolved, qat=False))
-
-
-AUTO_FIELDS = ("name", "target_bits", "sensitivity", "sensitivity_measure", "grid")
+# its options are the request: resolved into a concrete per-layer config, they reach no identity
+AUTO = register(
+    Scheme(
+        "auto",
+        "auto",
+        check=_unresolved,
+        qat=False,
+        options=("target_bits", "sensitivity", "sensitivity_measure", "grid"),
+        rounds_to_grid=False,
+    )
+)
 
 
 def _check_scan_decides(cfg: QuantConfig) -> None:
     """The scheme's options are the scan's (or quant.grid's): one the run sets would be silently replaced."""
     default = QuantConfig()
     for key in QuantConfig.__dataclass_fields__:
-        if key not in RUN_FIELDS + AUTO_FIELDS and getattr(cfg, key) != getattr(default, key):
+        if key not in {*run_fields(), "name", *AUTO.options} and getattr(cfg, key) != getattr(default, key):
             raise InputError(
                 f"quant.{key}={getattr(cfg, key)!r}: quant=auto takes the scheme and its options from the scan; "
                 "set them when scanning (or round on another grid with quant.grid)"
@@ -109,9 +107,6 @@ def _curves(scan: dict, measure: str) -> tuple[list[str], list[int], np.ndarray,
     return names, bits, costs, losses, params
 
 
-GRID_KEYS = ("name", "granularity", "group_size", "symmetric", "mu", "kmeans_iters", "base", "outlier_fraction")
-
-
 def regrid(
     scan: dict, grid: Any, model_path: str, revision: str | None, model_dir: Callable[[], str]
 ) -> dict[str, Any]:
@@ -120,9 +115,10 @@ def regrid(
     shape, not the values). The drops stay the scan's."""
     if not isinstance(grid, dict):
         raise InputError(f"quant.grid={grid!r}: expected a mapping of scheme options, e.g. {{name:kmeans}}")
-    unknown = sorted(set(grid) - set(GRID_KEYS))
+    keys = grid_keys()
+    unknown = sorted(set(grid) - set(keys))
     if unknown:
-        raise InputError(f"quant.grid: unknown option {unknown[0]!r} (expected some of {', '.join(GRID_KEYS)})")
+        raise InputError(f"quant.grid: unknown option {unknown[0]!r} (expected some of {', '.join(keys)})")
     fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
     base = replace(QuantConfig(**fields), **grid, method="rtn", overrides={})
     if scheme(base.name).kind != "custom":
@@ -194,7 +190,7 @@ def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) 
         QuantConfig(**fields),
         bits=top,
         overrides=overrides,
-        **{k: getattr(run, k) for k in RUN_FIELDS},
+        **{k: getattr(run, k) for k in run_fields()},
         target_bits=None,
         sensitivity=None,
         grid=None,

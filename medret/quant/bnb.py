@@ -10,9 +10,10 @@ from torch import nn
 from medret.quant.registry import Scheme, register
 
 BNB_DEVICES = ("cpu", "cuda", "xpu")
-register(Scheme("bnb_int8", "bnb", bits=8))
-register(Scheme("bnb_nf4", "bnb", bits=4))
-register(Scheme("bnb_fp4", "bnb", bits=4))
+FOUR_BIT_OPTIONS = ("blocksize", "double_quant", "compute_dtype")
+register(Scheme("bnb_int8", "bnb", bits=8, options=("threshold",)))
+register(Scheme("bnb_nf4", "bnb", bits=4, options=FOUR_BIT_OPTIONS))
+register(Scheme("bnb_fp4", "bnb", bits=4, options=FOUR_BIT_OPTIONS))
 
 
 def replace_linear(lin: nn.Linear, scheme: str, cfg, device: torch.device) -> nn.Module:

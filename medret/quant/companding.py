@@ -17,6 +17,6 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int, mu: float = 255.0
     return quantize_scaled_levels(weight, levels(bits, mu), bits, group_size)
 
 
-register(Scheme("companding", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, spec.mu)))
+register(Scheme("companding", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, spec.mu), options=("mu",)))
 
 __all__ = ["levels", "quantize", "dequantize"]

@@ -10,8 +10,10 @@ from torch import nn
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant.apply import as_config, group_size_for, module_specs, quantize_weight, select_linears, spec_for
+from medret.quant.layers import quantize_weight
+from medret.quant.options import as_config, module_specs
 from medret.quant.registry import names, scheme
+from medret.quant.select import group_size_for, select_linears, spec_for
 from medret.quant.state import dequantize
 
 

@@ -2,12 +2,15 @@
 it fits each group's scale and zero of a uniform asymmetric grid by a proximal (half-quadratic) solver
 instead of min/max. The package runs on CPU; its codes, scales and zeros are stored as medret's uniform
 asymmetric QuantState (codes 0..2**bits-1, scale, offset = -zero * scale), so the rest is unchanged.
+Registered as the rounding method ``quant.method=hqq``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from medret.errors import InputError
+from medret.quant.registry import Method, register_method
 from medret.quant.state import QuantState, make_state
 
 # hqq's Quantizer.SUPPORTED_BITS within medret's 2..8 (7 is not among them)
@@ -35,3 +38,16 @@ def quantize(weight: torch.Tensor, spec, group_size: int, importance: torch.Tens
     levels = torch.arange(2**spec.bits, dtype=torch.float32)
     q = codes.reshape(-1, group_size).round().to(torch.uint8)
     return make_state(weight, spec.bits, group_size, q, levels[None], scale, offset)
+
+
+def check(cfg) -> None:
+    if cfg.name != "uniform" or cfg.symmetric:
+        raise InputError(
+            f"quant.method=hqq: fits a uniform asymmetric grid (a scale and a zero per group); set "
+            f"quant=uniform quant.symmetric=false, not quant={cfg.name} symmetric={cfg.symmetric}"
+        )
+    if cfg.bits not in BITS:
+        raise InputError(f"quant.bits={cfg.bits}: method hqq supports {', '.join(map(str, BITS))}")
+
+
+register_method(Method("hqq", fit=quantize, check=check))

@@ -44,7 +44,14 @@ def quantize(
     return make_state(weight, bits, group_size, codes, cent)
 
 
-register(Scheme("kmeans", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, None, spec.kmeans_iters)))
+register(
+    Scheme(
+        "kmeans",
+        "custom",
+        lambda w, spec, gs, imp: quantize(w, spec.bits, gs, None, spec.kmeans_iters),
+        options=("kmeans_iters",),
+    )
+)
 # SqueezeLLM-style: squared gradients on corpus texts weight each weight's pull on its centroid
 register(
     Scheme(
@@ -53,6 +60,7 @@ register(
         lambda w, spec, gs, imp: quantize(w, spec.bits, gs, imp, spec.kmeans_iters),
         calibrated=True,
         qat=False,
+        options=("kmeans_iters",),
     )
 )
 

@@ -38,4 +38,5 @@ def _quantize(w: torch.Tensor, spec, group_size: int, importance: torch.Tensor |
     return scheme(spec.base).quantize(w, spec, group_size, importance)
 
 
-register(Scheme("outliers", "custom", _quantize, check=_check))
+# its state keeps exact outliers beside the grid: GPTQ has no grid of its own to round them to
+register(Scheme("outliers", "custom", _quantize, check=_check, options=("base",), rounds_to_grid=False))

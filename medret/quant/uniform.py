@@ -24,6 +24,10 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool =
     return make_state(weight, bits, group_size, q.to(torch.uint8), levels[None], scale, lo)
 
 
-register(Scheme("uniform", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, spec.symmetric)))
+register(
+    Scheme(
+        "uniform", "custom", lambda w, spec, gs, imp: quantize(w, spec.bits, gs, spec.symmetric), options=("symmetric",)
+    )
+)
 
 __all__ = ["quantize", "dequantize"]

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medret.runtime.options import MIN_OPSET
+
 log = logging.getLogger(__name__)
 
 OUTPUT = "sentence_embedding"  # not "embedding": the dynamo exporter clashes with a module of that name
@@ -172,7 +174,7 @@ def export_onnx(encoder: Any, folder: Path, opset: int = 18) -> dict[str, Any]:
     args = _example_inputs(encoder, names)
     dyn = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    opset = max(opset, 18)  # the dynamo exporter writes >= 18; down-conversion fails on BERT graphs
+    opset = max(opset, MIN_OPSET)  # the dynamo exporter writes >= 18; down-conversion fails on BERT graphs
     external = nbytes > _SINGLE_FILE_MAX_BYTES
     with _quiet_exporter(), eager_attention(model) as attention, torch.no_grad():
         # dynamo=True: the TorchScript exporter mis-traces transformers 5 attention (embeddings off by ~0.1)

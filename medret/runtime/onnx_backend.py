@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medret.runtime.export import OUTPUT
+from medret.config import RuntimeConfig
+from medret.errors import InputError
+from medret.runtime.backend import register
+from medret.runtime.cache import model_files
+from medret.runtime.export import ONNX_FILE, OUTPUT
+from medret.runtime.exported import ExportedBackend
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +197,50 @@ def runner(sess: Any) -> Any:
         return np.asarray(out, dtype=np.float32)
 
     return run
+
+
+class OnnxBackend(ExportedBackend):
+    name = "onnx"
+    modes = ("none", "dynamic_int8", "static_int8")
+    calibrated = ("static_int8",)
+    libraries = ("onnx", "onnxscript", "onnxruntime")
+    suffixes = (".onnx",)
+
+    def modules(self, cfg: RuntimeConfig) -> list[str]:
+        return [*super().modules(cfg), "onnxruntime"]
+
+    def check(self, cfg: RuntimeConfig) -> None:
+        super().check(cfg)
+        # without onnxruntime the missing-package check names it; this one needs it imported
+        if cfg.provider == "cuda" and importlib.util.find_spec("onnxruntime") is not None:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise InputError(
+                    "runtime.provider=cuda: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu "
+                    "(in place of onnxruntime)"
+                )
+            if not torch.cuda.is_available():
+                raise InputError("runtime.provider=cuda: CUDA is not available on this machine")
+
+    def variant_parts(self, cfg: RuntimeConfig, versions: dict[str, str | None]) -> dict[str, Any] | None:
+        if cfg.quantize == "none":
+            return None  # the export itself is the deployed model
+        return {"onnxruntime": versions["onnxruntime"]}
+
+    def convert(
+        self, src: Path, folder: Path, cfg: RuntimeConfig, batches: list | None, export_meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        done = quantize(src, folder / ONNX_FILE, cfg.quantize, batches, export_meta["external_data"], folder)
+        for p in folder.glob("preprocessed.onnx*"):
+            p.unlink()
+        return done
+
+    def load(self, folder: Path, cfg: RuntimeConfig) -> tuple[Any, dict[str, Any], list[Path]]:
+        sess, ran = session(folder / ONNX_FILE, cfg.threads, pick_provider(cfg.provider))
+        # the float ops' precision; int8 modes run their MatMuls with integer kernels besides
+        ran["inference_precision"] = "f32"
+        return runner(sess), ran, model_files(folder, self.suffixes)
+
+
+register(OnnxBackend())

@@ -9,10 +9,15 @@ from typing import Any
 import numpy as np
 
 from medret.config import RuntimeConfig
+from medret.errors import InputError
+from medret.runtime.backend import register
+from medret.runtime.cache import model_files
+from medret.runtime.exported import ExportedBackend
 
 log = logging.getLogger(__name__)
 
 XML_FILE = "model.xml"
+INT4_MODES = ("int4_sym", "int4_asym", "nf4")
 
 
 def convert(
@@ -81,3 +86,47 @@ def runner(compiled: Any) -> Any:
         return np.array(res[output], dtype=np.float32)  # copy: the request's buffer is reused
 
     return run
+
+
+class OpenVinoBackend(ExportedBackend):
+    name = "openvino"
+    modes = ("none", "int8", "int4_weights")
+    precisions = ("f32", "bf16")
+    calibrated = ("int8",)
+    libraries = ("onnx", "onnxscript", "openvino", "nncf")
+    suffixes = (".xml", ".bin")
+
+    def modules(self, cfg: RuntimeConfig) -> list[str]:
+        return [*super().modules(cfg), "openvino", *(["nncf"] if cfg.quantize != "none" else [])]
+
+    def check(self, cfg: RuntimeConfig) -> None:
+        if cfg.provider == "cuda":
+            raise InputError("runtime.provider=cuda: runtime=openvino runs on the CPU here (use auto or cpu)")
+        if cfg.quantize == "int4_weights":
+            if cfg.int4_mode not in INT4_MODES:
+                raise InputError(f"runtime.int4_mode={cfg.int4_mode!r}: expected one of {', '.join(INT4_MODES)}")
+            if cfg.group_size != -1 and cfg.group_size < 2:
+                raise InputError(f"runtime.group_size={cfg.group_size}: expected -1 (per channel) or at least 2")
+            if not 0.0 < cfg.ratio <= 1.0:
+                raise InputError(f"runtime.ratio={cfg.ratio}: expected 0 < ratio <= 1")
+        super().check(cfg)
+
+    def variant_parts(self, cfg: RuntimeConfig, versions: dict[str, str | None]) -> dict[str, Any] | None:
+        parts: dict[str, Any] = {"openvino": versions["openvino"], "nncf": None}
+        if cfg.quantize != "none":
+            parts["nncf"] = versions["nncf"]
+        if cfg.quantize == "int4_weights":
+            parts.update(int4_mode=cfg.int4_mode, group_size=cfg.group_size, ratio=cfg.ratio)
+        return parts
+
+    def convert(
+        self, src: Path, folder: Path, cfg: RuntimeConfig, batches: list | None, export_meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        return convert(src, folder / XML_FILE, cfg, batches)
+
+    def load(self, folder: Path, cfg: RuntimeConfig) -> tuple[Any, dict[str, Any], list[Path]]:
+        compiled, ran = compile_model(folder / XML_FILE, cfg.threads, cfg.precision)
+        return runner(compiled), ran, model_files(folder, self.suffixes)
+
+
+register(OpenVinoBackend())

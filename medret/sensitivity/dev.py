@@ -11,6 +11,7 @@ import numpy as np
 from medret.config import DataConfig
 from medret.data import RetrievalDataset
 from medret.errors import InputError
+from medret.quant.corpus import spread_sample
 from medret.sensitivity.config import ScanConfig
 from medret.storage import digest
 
@@ -84,6 +85,4 @@ def _subsample_corpus(dev: RetrievalDataset, size: int, rng: np.random.Generator
 
 def fidelity_texts(data: RetrievalDataset, n: int, seed: int) -> list[str]:
     """A seeded sample of corpus texts (the whole corpus, no labels) for the embedding-cosine measure."""
-    rng = np.random.default_rng([seed, 2])
-    picks = np.sort(rng.choice(data.num_docs, size=min(n, data.num_docs), replace=False))
-    return [data.doc_texts[int(i)] for i in picks]
+    return spread_sample(data.doc_texts, n, [seed, 2])

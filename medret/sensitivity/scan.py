@@ -20,18 +20,21 @@ from omegaconf import DictConfig
 
 import medret
 from medret.cache import cache_root, ensure_writable
+from medret.cache.options import check_cache_options
 from medret.config import QuantConfig, typed
 from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
 from medret.evaluation.fidelity import cosine_rows
-from medret.evaluation.pipeline import check_cache_options, check_eval_numbers, check_passage_length
+from medret.evaluation.pipeline import check_eval_numbers, check_passage_length
 from medret.index import check_index_options
 from medret.models import load_retriever
 from medret.models.encoder import check_model_folders, check_model_options
 from medret.quant import calibration_corpus, quant_identity, scheme, validate
-from medret.quant.apply import group_size_for, quantize_weight, select_linears, spec_for
 from medret.quant.auto import SCAN_FORMAT
-from medret.quant.calibration import squared_gradients
+from medret.quant.fisher import squared_gradients
+from medret.quant.layers import quantize_weight
+from medret.quant.options import spec_calibrated
+from medret.quant.select import group_size_for, select_linears, spec_for
 from medret.quant.state import dequantize
 from medret.retrieval import RetrievalSettings, model_identity, retrieve, score
 from medret.sensitivity.config import SensitivityRootConfig
@@ -88,7 +91,7 @@ def only_layer(encoders: list, name: str, spec: QuantConfig, fisher: list[dict])
     """Layer ``name`` of every encoder holds its quantized-then-decoded weight (what evaluate's decode-once
     runs) inside the block; the fp32 weight is back after it. Yields the layer's storage and errors."""
     saved, stats = [], {"effective_bits": 0.0, "proxy": 0.0, "weight_mse": 0.0}
-    calibrated = any(scheme(x).calibrated for x in (spec.name, spec.base) if x)
+    calibrated = spec_calibrated(spec)
     try:
         for e, f in zip(encoders, fisher):
             lin = e.model.get_submodule(name)

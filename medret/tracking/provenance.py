@@ -17,13 +17,18 @@ import medret
 PACKAGES = ("torch", "transformers", "faiss-cpu", "faiss-gpu-cu12", "numpy", "bitsandbytes", "hydra-core", "wandb")
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "medret": medret.__version__}
-    for pkg in PACKAGES:
+def versions(packages: tuple[str, ...] | None = None) -> dict[str, str | None]:
+    """Installed versions. Default: python, medret and the PACKAGES found (a run's provenance). Given
+    ``packages``: each of them, None where one is not installed (a cache key changes when one appears)."""
+    if packages is None:
+        found = {k: v for k, v in versions(PACKAGES).items() if v is not None}
+        return {"python": platform.python_version(), "medret": medret.__version__, **found}
+    out: dict[str, str | None] = {}
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            pass
+            out[pkg] = None
     return out
 
 

@@ -1,4 +1,4 @@
-"""Logarithmic quantization: levels 0 and +-2^-k, dense near zero where most weights are."""
+"""``quant=log``: logarithmic levels 0 and +-2^-k (powers of two), dense near zero where most weights are."""
 
 from __future__ import annotations
 

@@ -1,0 +1,150 @@
+"""medret.results: the one reader of results.json (old-run fallbacks, one verdict vocabulary) and the one
+table writer; bench/quant_table.py's default plan holds only schemes a plain run can evaluate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medret.evaluation.fidelity import verdict
+from medret.results import (
+    OUTCOMES,
+    RunResult,
+    Verdict,
+    csv_table,
+    is_complete,
+    markdown_table,
+    read_run,
+    text_table,
+    verdict_label,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def result(outcome: str | None, ci95: tuple[float, float], *, accept: bool = False, n: int | None = None) -> dict:
+    """A quantized run's results.json; ``outcome=None``: one written before the three-outcome verdict."""
+    delta = (ci95[0] + ci95[1]) / 2
+    v = {"metric": "ndcg@10", "max_drop": 0.01, "accept": accept}
+    if outcome:
+        v |= {"outcome": outcome, "queries_to_decide": n}
+    return {
+        "metrics": {"ndcg@10": 0.6 + delta},
+        "deltas": {"ndcg@10": {"fp32": 0.6, "delta": delta, "ci95": list(ci95)}},
+        "verdict": v,
+    }
+
+
+def test_stored_outcomes_are_read_as_they_are():
+    for outcome in OUTCOMES:
+        assert RunResult.of(result(outcome, (-0.02, 0.0), n=300)).verdict.outcome == outcome
+    assert RunResult.of({"metrics": {"ndcg@10": 0.6}}).verdict is None  # the fp32 baseline
+    assert verdict_label(None) == "baseline"
+    assert Verdict("inconclusive", 4203).label() == "inconclusive (~4203 queries to decide)"
+    assert Verdict("inconclusive").label() == "inconclusive" and Verdict("reject", 300).label() == "reject"
+
+
+@pytest.mark.parametrize(
+    ("ci95", "accept", "outcome"),
+    [((-0.005, 0.004), True, "accept"), ((-0.03, -0.02), False, "reject"), ((-0.02, 0.01), False, "inconclusive")],
+)
+def test_old_verdicts_are_judged_again_from_their_ci_as_evaluate_judges(ci95, accept, outcome):
+    # before the third outcome a run stored only accept: a CI that straddles the gate said "reject"
+    run = RunResult.of(result(None, ci95, accept=accept))
+    expected = verdict({"delta": sum(ci95) / 2, "ci95": list(ci95)}, np.zeros(5), "ndcg@10", 0.01)["outcome"]
+    assert run.verdict.outcome == outcome == expected and run.verdict.queries_to_decide is None
+
+
+def test_old_inconclusive_verdict_takes_its_queries_from_per_query_jsonl(tmp_path):
+    res = result(None, (-0.02, 0.01))
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(-0.005, 0.05, 200)
+    (tmp_path / "per_query.jsonl").write_text("".join(json.dumps({"delta_ndcg@10": d}) + "\n" for d in deltas))
+    run = read_run(tmp_path)
+    want = verdict(res["deltas"]["ndcg@10"], deltas, "ndcg@10", 0.01)
+    assert run.verdict == Verdict("inconclusive", want["queries_to_decide"], "ndcg@10")
+    assert run.verdict.label() == f"inconclusive (~{want['queries_to_decide']} queries to decide)"
+    assert len(run.per_query()) == 200
+
+
+def test_an_old_verdict_without_ci_falls_back_to_its_accept_bool():
+    res = result(None, (-0.02, 0.01), accept=False)
+    del res["verdict"]["max_drop"]
+    assert RunResult.of(res).verdict.outcome == "reject"
+
+
+def test_keys_an_older_run_lacks_fall_back():
+    res = {
+        "config": {"quant": {"name": "nf", "bits": 3}},
+        "metrics": {"ndcg@10": 0.61},
+        "quant": {"scheme": "nf", "effective_bits_per_param": 3.25, "model_bytes": 52_700_000},
+        "sizes": {"model_param_bytes": 52_700_000},
+        "deltas": {"ndcg@10": {"delta": -0.03, "ci95": [-0.05, -0.01]}},  # no fp32
+    }
+    run = RunResult.of(res)
+    assert (run.runtime_name, run.runtime_label, run.disk_bytes, run.deploy_bytes) == ("torch", "torch", None, 52.7e6)
+    assert run.speed_key == ("unknown", None) and run.cpu_threads is None  # no device block
+    assert run.eff_bits_all is None and run.deployed_bits == 3.25  # no all-parameter bits
+    assert run.fp32_score() == pytest.approx(0.64)  # score - delta
+    assert run.dataset == "unknown" and run.bits == 3 and run.ci_err() == (0.0, 0.0)
+
+
+def test_an_exported_runtime_is_sized_and_timed_by_its_own_files_and_threads():
+    res = {
+        "metrics": {"ndcg@10": 0.64},
+        "quant": {"scheme": "none", "effective_bits_per_param": 32.0, "model_bytes": 90_900_000},
+        "sizes": {"fp32_model_param_bytes": 90_900_000},
+        "runtime": {"name": "onnx", "quantize": "dynamic_int8", "bytes_on_disk": 22_725_000, "threads": 4},
+        "device": {"encoder": "cuda:0", "cpu_threads": 2},
+    }
+    run = RunResult.of(res)
+    assert run.runtime_label == "onnx/dynamic_int8" and run.deploy_bytes == 22_725_000
+    assert run.deployed_bits == pytest.approx(8.0) and run.speed_key == ("cuda", 4)
+
+
+def test_unfinished_and_unreadable_runs(tmp_path):
+    assert read_run(tmp_path) is None and not is_complete(tmp_path)
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(TypeError):
+        read_run(tmp_path)
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(KeyError):
+        read_run(tmp_path)
+
+
+def test_the_table_writer():
+    rows = [{"a": 1, "b": "x", "extra": 0}, {"a": 2.5}]
+    assert markdown_table(["a", "b"], rows) == ["| a | b |", "|---|---|", "| 1 | x |", "| 2.5 |  |"]
+    assert markdown_table(["a", "b"], [], right=["b"])[1] == "|---|---:|"
+    assert csv_table(["a", "b"], rows).splitlines() == ["a,b", "1,x", "2.5,"]
+    assert (
+        text_table([{"job": "0", "v": "accept"}, {"job": "10"}]) == "job  v     \n0    accept\n10"
+    )  # the header keeps its padding, as before
+
+
+def _quant_table():
+    spec = importlib.util.spec_from_file_location("quant_table", ROOT / "bench" / "quant_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quant_table_default_plan_holds_no_scheme_that_needs_a_scan(monkeypatch, capsys):
+    from medret.quant import scheme
+
+    qt = _quant_table()
+    default = qt.FIXED + qt.CUSTOM  # --schemes' default
+    planned = {s for s, _ in qt.plan([4, 3, 2, 8], default)}
+    assert "auto" not in planned and planned == set(default)
+    assert {scheme(s).kind for s in planned} <= {"none", "cast", "bnb", "custom"}
+    # asked for by name: one usage error before anything runs, not a traceback after hours of runs
+    monkeypatch.setattr(sys, "argv", ["quant_table.py", "--data", "x", "--out", "y", "--schemes", "nf,auto"])
+    with pytest.raises(SystemExit) as e:
+        qt.main()
+    assert e.value.code == 2 and "auto not tabulated here" in capsys.readouterr().err
