@@ -40,14 +40,15 @@ test-fast: setup
 
 # Re-resolve both locks on purpose (new dependency, security fix, a range moved). A lock change lands only
 # after `make test` passes on a fresh clone installed from it.
+LOCK_CMD = .venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 lock:
 	@$(PYTHON) $(CHECK_PYTHON)
 	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q pip-tools==7.6.2
-	.venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	$(LOCK_CMD) \
 		-o requirements/cpu.lock requirements/cpu.in
-	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= .venv-lock/bin/pip-compile -q --strip-extras --allow-unsafe \
-		--no-emit-index-url --no-emit-find-links -o requirements/gpu.lock requirements/gpu.in
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(LOCK_CMD) \
+		-o requirements/gpu.lock requirements/gpu.in
 
 # A real single-node SLURM for the sweep tests (root + Debian's packages); without it they skip.
 slurm-up:
