@@ -37,6 +37,8 @@ class DataConfig:
     passage_stride: int = 0  # tokens shared by consecutive passages
     max_queries: int | None = None  # evaluate only the first N judged queries (quick runs)
     strict: bool = False  # qrels naming unknown ids become an error instead of a warning
+    # a query field (dotted path, e.g. metadata.qtype) whose value names each query's category slice
+    query_category_field: str | None = None
 
 
 @dataclass
@@ -175,6 +177,12 @@ class EvalConfig:
     bootstrap_resamples: int = 2000
     # what a run returns to Hydra (sweepers optimise it) and what training keeps its best model by
     optimize_metric: str = "ndcg@10"
+    # acceptance profiles judged on a quantized run (conf/eval/profile/<name>.yaml; medret/evaluation/profiles.py)
+    profiles: list[str] = field(
+        default_factory=lambda: ["screening", "decision_support", "precision_critical", "exploration"]
+    )
+    # a slice with fewer queries is reported as too small, never judged
+    min_slice_queries: int = 30
 
 
 @dataclass

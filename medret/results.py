@@ -1,8 +1,8 @@
 """The one reader of an evaluate run's ``results.json`` and the one table writer (Markdown, CSV, plain text).
 
 ``RunResult`` is a typed view of one run: every key an older run may lack (``runtime``, ``device``,
-``effective_bits_per_param_all``, ``deltas[...]["fp32"]``, the verdict's ``outcome``) is read here, with its
-fallback, and nowhere else. ``per_query.jsonl`` is read only when asked for (``RunResult.per_query``).
+``effective_bits_per_param_all``, ``deltas[...]["fp32"]``, the verdict's ``outcome``, ``profiles``,
+``slices``) is read here, with its fallback, and nowhere else. ``per_query.jsonl`` is read only when asked for.
 
 Verdicts have one vocabulary: ``accept`` | ``reject`` | ``inconclusive``. Runs from before the third outcome
 stored only an ``accept`` bool; they are judged again from their own CI of the delta, exactly as evaluate
@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from medret.storage import write_atomic
 from medret.tracking.outputs import results_of
@@ -60,6 +60,45 @@ class Verdict:
 def verdict_label(v: Verdict | None) -> str:
     """A table cell: the verdict, or ``baseline`` for a run with nothing to compare against."""
     return "baseline" if v is None else v.label()
+
+
+class Criterion(NamedTuple):
+    """One criterion x slice row of a profile: the paired delta against fp32 and its family-wise CI."""
+
+    metric: str
+    slice: str
+    outcome: str  # OUTCOMES or "too_small"
+    max_drop: float | None = None
+    n: int | None = None
+    fp32: float | None = None
+    delta: float | None = None
+    ci95: tuple[float, float] | None = None
+    queries_to_decide: int | None = None
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """An acceptance profile's outcome on one run; a W&B run carries the outcome only."""
+
+    name: str
+    outcome: str  # one of OUTCOMES
+    decided_by: str | None = None  # "<metric> on <slice>"
+    criteria: tuple[Criterion, ...] = ()
+
+    letter = property(lambda self: {"accept": "A", "reject": "R", "inconclusive": "I"}.get(self.outcome, "?"))
+
+    def label(self) -> str:
+        """A matrix cell: 'accept', 'reject: ndcg@10 on negation', 'inconclusive: ... (~512 queries to decide)'."""
+        if not self.decided_by or self.outcome == "accept":
+            return self.outcome
+        n = next((c.queries_to_decide for c in self.criteria if f"{c.metric} on {c.slice}" == self.decided_by), 0)
+        more = f" (~{n} queries to decide)" if n and self.outcome == "inconclusive" else ""
+        return f"{self.outcome}: {self.decided_by}{more}"
+
+
+class SliceInfo(NamedTuple):
+    num_queries: int
+    critical: bool  # one of the automatic ("critical") slices
 
 
 def _deltas(raw: dict) -> dict[str, Delta]:
@@ -245,6 +284,23 @@ class RunResult:
         return d.fp32 if d.fp32 is not None else (self.score(metric) - d.delta if d.delta is not None else None)
 
     @property
+    def profiles(self) -> dict[str, ProfileResult]:
+        """Acceptance profile outcomes by name; {} for older runs and runs with no fp32 to compare against."""
+        out = {}
+        for name, p in (self.raw.get("profiles") or {}).items():
+            p = {"outcome": p} if isinstance(p, str) else p  # W&B summary: profile/<name> = outcome
+            rows = [{**c, "ci95": tuple(c["ci95"]) if c.get("ci95") else None} for c in p.get("criteria") or ()]
+            crit = tuple(Criterion(**{f: c.get(f) for f in Criterion._fields}) for c in rows)
+            out[name] = ProfileResult(name, p["outcome"], p.get("decided_by"), crit)
+        return out
+
+    @property
+    def slices(self) -> dict[str, SliceInfo]:
+        """Query slices by name ("all", auto tags, "category:<value>"); {} for older runs."""
+        raw = self.raw.get("slices") or {}
+        return {k: SliceInfo(int(v.get("num_queries") or 0), bool(v.get("critical"))) for k, v in raw.items()}
+
+    @property
     def by_category(self) -> dict[str, dict[str, float]]:
         return self.raw.get("by_category") or {}
 
@@ -299,7 +355,7 @@ def read_run(run_dir: Path) -> RunResult | None:
 
 
 def from_wandb(config: dict, summary: dict) -> RunResult:
-    """A W&B run's config + summary, read as the results.json it was logged from."""
+    """A W&B run's config + summary, read as the results.json it was logged from (profiles: outcomes only)."""
     return RunResult.of(results_of(config, summary))
 
 

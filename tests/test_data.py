@@ -156,3 +156,57 @@ def test_passages_are_exact_overlapping_slices(tiny_bert):
     assert all(len(tok(t, add_special_tokens=False)["input_ids"]) <= 16 for t in pieces)
     with pytest.raises(InputError, match="passage_stride"):
         split_passages([long], tok, tokens=8, stride=8)
+
+
+def test_query_category_field_fills_categories_from_a_dotted_path(tmp_path, caplog):
+    queries = [
+        {"_id": "q1", "text": "alpha?", "metadata": {"qtype": "symptoms", "rank": 3}},
+        {"_id": "q2", "text": "beta?", "metadata": {"qtype": "treatment"}},
+        {"_id": "q3", "text": "none", "metadata": {}},
+    ]
+    write_beir(tmp_path, CORPUS, queries, QRELS)
+    ds = load_dataset(DataConfig(name="beir", path=str(tmp_path), query_category_field="metadata.qtype"))
+    assert ds.query_categories == {"q1": "symptoms", "q2": "treatment"}
+    with caplog.at_level(logging.WARNING):  # q3 lacks it: in no category, warned with its line
+        load_dataset(DataConfig(name="beir", path=str(tmp_path), query_category_field="metadata.qtype"))
+    assert "1 queries in" in caplog.text and "first on line 3" in caplog.text
+    ds = load_dataset(DataConfig(name="beir", path=str(tmp_path), query_category_field="metadata.rank"))
+    assert ds.query_categories == {"q1": "3"}
+    assert load_dataset(DataConfig(name="beir", path=str(tmp_path))).query_categories == {}
+
+
+@pytest.mark.parametrize(
+    "field, expected",
+    [
+        ("metadata.qtyp", "queries.jsonl:1: no such field"),
+        ("metadata", "queries.jsonl:1: the field is an object"),
+        ("metadata..qtype", "expected a dotted field path"),
+    ],
+)
+def test_bad_query_category_field_is_one_line_naming_option_and_file(tmp_path, field, expected):
+    queries = [{"_id": "q1", "text": SECRET, "metadata": {"qtype": "symptoms"}}, {"_id": "q2", "text": "beta?"}]
+    write_beir(tmp_path, CORPUS, queries, QRELS)
+    with pytest.raises(InputError) as err:
+        load_dataset(DataConfig(name="beir", path=str(tmp_path), query_category_field=field))
+    msg = str(err.value)
+    assert msg.startswith(f"data.query_category_field={field!r}") and expected in msg and "\n" not in msg
+    assert "Jane" not in msg and "confidential" not in msg
+
+
+def test_query_category_field_is_refused_on_synthetic_data_and_read_from_a_csv_column(tmp_path):
+    with pytest.raises(InputError, match="data.query_category_field='metadata.qtype': synthetic"):
+        load_dataset(DataConfig(name="synthetic", query_category_field="metadata.qtype"))
+    (tmp_path / "notes.jsonl").write_text(json.dumps({"_id": "r1", "text": "chest pain"}) + "\n")
+    (tmp_path / "q.csv").write_text("_id,text,ward\na,pain,cardiology\nb,cough,respiratory\n")
+    (tmp_path / "qrels.tsv").write_text("a\tr1\t1\nb\tr1\t1\n")
+    files = {k: str(tmp_path / f) for k, f in (("corpus_file", "notes.jsonl"), ("queries_file", "q.csv"))}
+    cfg = DataConfig(name="records", qrels_file=str(tmp_path / "qrels.tsv"), query_category_field="ward", **files)
+    assert load_dataset(cfg).query_categories == {"a": "cardiology", "b": "respiratory"}
+
+
+def test_medquad_question_types_become_categories():
+    from tests.conftest import real_data
+
+    ds = load_dataset(DataConfig(name="beir", path=str(real_data("medquad")), query_category_field="metadata.qtype"))
+    cats = {ds.query_categories[q] for q in ds.query_ids}
+    assert len(cats) == 16 and {"information", "symptoms", "treatment", "complications"} <= cats

@@ -56,12 +56,15 @@ def test_report_table_csv_and_plots(sweep):
     import matplotlib.image as mpimg
 
     pngs = [f for f in files if f.suffix == ".png"]
+    # runs judged by acceptance profiles (criterion rows in results.json) also get the slice plot
+    judged = any(p.criteria for r in rep.results for p in r.profiles.values())
     assert {p.name for p in pngs} == {
         "pareto_size_ndcg10.png",
         "category_delta_ndcg10.png",
         "pareto_speed_ndcg10.png",
         "retention_bits.png",
-    }
+    } | ({"slice_delta_ndcg10.png"} if judged else set())
+    assert (sweep / "decision_matrix.md").is_file() and (sweep / "decision_matrix.csv").is_file()
     for p in pngs:
         img = mpimg.imread(p)
         assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01  # a drawn figure, not blank
@@ -334,3 +337,126 @@ def test_old_verdicts_read_the_same_in_the_report_and_the_sweep_summary(tmp_path
     rep, _ = write_report([root])
     assert [r["verdict"] for r in rep.rows] == ["inconclusive", "reject"]
     assert [r["verdict"] for r in job_rows(root)] == ["inconclusive", "reject"]
+
+
+# --- acceptance profiles: the decision matrix, the slice plot and the sweep summary's profiles column ---
+
+PROFILES = {  # name -> (metric, margin, slices)
+    "screening": ("recall@100", 0.02, ["all"]),
+    "decision_support": ("ndcg@10", 0.01, ["all"]),
+    "precision_critical": ("ndcg@10", 0.01, ["all", "numeric", "negation", "abbreviation"]),
+    "exploration": ("ndcg@10", 0.05, ["all"]),
+}
+SLICES = {"all": 40, "numeric": 35, "negation": 31, "abbreviation": 12}  # abbreviation: under the minimum
+
+
+def with_profiles(res: dict, losses: dict[str, float]) -> dict:
+    """``res`` judged by PROFILES: each slice's delta is -losses[slice] (0 if not given), CI +- 0.005."""
+    res = json.loads(json.dumps(res))
+    res["slices"] = {s: {"num_queries": n, "critical": s != "all"} for s, n in SLICES.items()}
+    res["profiles"] = {}
+    for name, (metric, margin, slices) in PROFILES.items():
+        rows = []
+        for s in slices:
+            d = -losses.get(s, 0.0)
+            small = SLICES[s] < 30
+            outcome = "too_small" if small else ("reject" if d + 0.005 < -margin else "accept")
+            outcome = "inconclusive" if not small and d - 0.005 < -margin <= d + 0.005 else outcome
+            rows.append(
+                {"metric": metric, "max_drop": margin, "slice": s, "n": SLICES[s], "fp32": 0.6, "delta": d}
+                | {"ci95": [d - 0.005, d + 0.005], "outcome": outcome, "queries_to_decide": 900}
+            )
+        judged = [r for r in rows if r["outcome"] != "too_small"]
+        worst = next((r for r in judged if r["outcome"] == "reject"), None)
+        worst = worst or next((r for r in judged if r["outcome"] == "inconclusive"), None)
+        res["profiles"][name] = {
+            "outcome": worst["outcome"] if worst else "accept",
+            "decided_by": f"{worst['metric']} on {worst['slice']}" if worst else None,
+            "correction": "holm",
+            "criteria": rows,
+        }
+    return res
+
+
+def write_profiled_sweep(root: Path) -> Path:
+    runs = {  # job -> (fake run, per-slice losses); None: no profiles (the fp32 baseline, an old run)
+        "0": ("none", None),
+        "1": ("nf-4", {}),
+        "2": ("nf-3", {"negation": 0.08}),  # fine overall, lost on negated queries
+        "3": ("uniform-2", {"all": 0.3, "numeric": 0.3, "negation": 0.3}),
+        "4": ("uniform-4", {"all": 0.012}),  # the CI straddles decision support's margin
+        "5": ("nf-8", None),  # a run from before profiles
+    }
+    for job, (name, losses) in runs.items():
+        res = fake_result(*FAKE_RUNS[name])
+        (root / job / ".hydra").mkdir(parents=True)
+        (root / job / ".hydra" / "overrides.yaml").write_text(f"- run={name}\n")
+        (root / job / "results.json").write_text(json.dumps(res if losses is None else with_profiles(res, losses)))
+    return root
+
+
+def test_decision_matrix_names_what_decided_each_profile(tmp_path):
+    root = write_profiled_sweep(tmp_path / "sweep")
+    rep, files = write_report([root])
+    assert {"decision_matrix.md", "decision_matrix.csv"} <= {p.name for p in files}
+    rows = {r["run"].split("/")[-1]: r for r in csv.DictReader((root / "decision_matrix.csv").open())}
+    assert list(rows["1"])[:8] == ["run", "scheme", "bits", "runtime", *PROFILES]
+    assert {rows["1"][p] for p in PROFILES} == {"accept"}
+    assert rows["2"]["precision_critical"] == "reject: ndcg@10 on negation"
+    assert rows["2"]["decision_support"] == "accept"
+    assert rows["3"]["screening"] == "reject: recall@100 on all" and rows["3"]["exploration"].startswith("reject")
+    assert rows["4"]["decision_support"] == "inconclusive: ndcg@10 on all (~900 queries to decide)"
+    assert rows["4"]["exploration"] == "accept"
+    for job in ("0", "5"):  # no profiles: empty cells, still listed
+        assert {rows[job][p] for p in PROFILES} == {""}
+    md = (root / "decision_matrix.md").read_text()
+    assert "| run | scheme | bits | runtime | screening | decision_support |" in md
+    assert "reject: ndcg@10 on negation" in md and "- precision_critical: 1 accept, 2 reject, 1 inconclusive" in md
+
+
+def test_slice_plot_shows_a_loss_confined_to_a_critical_slice(tmp_path):
+    from medret.report.slices import slice_metric, slice_rows
+
+    root = write_profiled_sweep(tmp_path / "sweep")
+    rep, files = write_report([root])
+    pngs = {p.name: p for p in files if p.suffix == ".png"}
+    assert "slice_delta_ndcg10.png" in pngs
+    _png_ok(pngs["slice_delta_ndcg10.png"])
+    nf3 = next(r for r in rep.results if r.bits == 3)
+    assert slice_metric(rep.results) == "ndcg@10"
+    rows, source = slice_rows(nf3, "ndcg@10")  # the profile judging nDCG@10 on the most slices
+    assert source == "precision_critical" and set(rows) == set(SLICES)
+    assert rows["negation"].outcome == "reject" and rows["all"].outcome == "accept"
+    assert rows["abbreviation"].outcome == "too_small"
+
+
+def test_runs_without_profiles_draw_no_slice_plot_and_an_empty_matrix(tmp_path):
+    root = write_fake_sweep(tmp_path / "sweep")
+    _, files = write_report([root])
+    assert not any(p.name.startswith("slice_delta") for p in files)
+    md = (root / "decision_matrix.md").read_text()
+    assert "No run of this data set was judged by a profile" in md
+    rows = list(csv.DictReader((root / "decision_matrix.csv").open()))
+    assert len(rows) == 13 and list(rows[0]) == ["run", "scheme", "bits", "runtime", "dataset"]
+
+
+def test_sweep_summary_shows_each_profiles_outcome(tmp_path):
+    from medret.launch.summary import SweepSummary, job_rows, short_names
+
+    root = write_profiled_sweep(tmp_path / "sweep")
+    rows = {r["job"]: r for r in job_rows(root)}
+    assert rows["1"]["profiles"] == "scr:A dec:A pre:A exp:A"
+    assert rows["2"]["profiles"] == "scr:A dec:A pre:R exp:A"
+    assert rows["4"]["profiles"] == "scr:A dec:I pre:I exp:A"
+    assert "profiles" not in rows["0"] and "profiles" not in rows["5"]
+    assert short_names(["screening", "screening_strict", "exploration"]) == {
+        "screening": "screening",
+        "screening_strict": "screening_",
+        "exploration": "exp",
+    }
+    from omegaconf import OmegaConf
+
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(root)}}}))
+    text = (root / "summary.txt").read_text()
+    assert "scr:A dec:A pre:R exp:A" in text
+    assert "profiles: scr=screening dec=decision_support pre=precision_critical exp=exploration" in text

@@ -148,3 +148,97 @@ def test_quant_table_default_plan_holds_no_scheme_that_needs_a_scan(monkeypatch,
     with pytest.raises(SystemExit) as e:
         qt.main()
     assert e.value.code == 2 and "auto not tabulated here" in capsys.readouterr().err
+
+
+# --- acceptance profiles and query slices (issue 25): typed, and absent from older runs ---
+
+
+def profiled() -> dict:
+    res = result("accept", (-0.004, 0.002))
+    res["slices"] = {"all": {"num_queries": 300, "critical": False}, "negation": {"num_queries": 41, "critical": True}}
+    row = {"metric": "ndcg@10", "max_drop": 0.01, "n": 41, "fp32": 0.6, "delta": -0.05, "queries_to_decide": 80}
+    res["profiles"] = {
+        "precision_critical": {
+            "outcome": "reject",
+            "decided_by": "ndcg@10 on negation",
+            "correction": "holm",
+            "criteria": [
+                {**row, "slice": "all", "n": 300, "delta": -0.001, "ci95": [-0.004, 0.002], "outcome": "accept"},
+                {**row, "slice": "negation", "ci95": [-0.09, -0.02], "outcome": "reject"},
+                {**row, "slice": "numeric", "n": 12, "delta": None, "ci95": None, "outcome": "too_small"},
+            ],
+        },
+        "screening": {
+            "outcome": "inconclusive",
+            "decided_by": "recall@100 on all",
+            "criteria": [
+                {**row, "metric": "recall@100", "slice": "all", "ci95": [-0.03, 0.0], "outcome": "inconclusive"}
+            ],
+        },
+        "exploration": {"outcome": "accept", "decided_by": None, "criteria": []},
+    }
+    return res
+
+
+def test_profiles_and_slices_are_typed():
+    run = RunResult.of(profiled())
+    pc = run.profiles["precision_critical"]
+    assert (pc.outcome, pc.letter, pc.decided_by) == ("reject", "R", "ndcg@10 on negation")
+    assert pc.label() == "reject: ndcg@10 on negation"
+    neg = next(c for c in pc.criteria if c.slice == "negation")
+    assert neg.ci95 == (-0.09, -0.02) and neg.n == 41 and neg.max_drop == 0.01 and neg.outcome == "reject"
+    assert pc.criteria[2].outcome == "too_small" and pc.criteria[2].ci95 is None
+    assert run.profiles["screening"].label() == "inconclusive: recall@100 on all (~80 queries to decide)"
+    assert run.profiles["exploration"].label() == "accept" and run.profiles["exploration"].letter == "A"
+    assert list(run.profiles) == ["precision_critical", "screening", "exploration"]
+    assert run.slices["negation"].critical and run.slices["negation"].num_queries == 41
+    assert not run.slices["all"].critical
+
+
+def test_older_runs_and_runs_without_a_baseline_have_no_profiles_or_slices():
+    assert RunResult.of(result("accept", (-0.004, 0.002))).profiles == {}
+    fp32 = RunResult.of({"metrics": {"ndcg@10": 0.6}})
+    assert fp32.profiles == {} and fp32.slices == {}
+    assert RunResult.of({"metrics": {}, "profiles": None, "slices": None}).profiles == {}
+
+
+def test_profile_outcomes_come_back_from_a_wandb_summary():
+    from medret.results import from_wandb
+
+    config = {"quant": {"name": "nf"}, "data": {"name": "scifact"}}
+    summary = {"ndcg@10": 0.6, "profile/screening": "accept", "profile/precision_critical": "reject"}
+    run = from_wandb(config, summary)
+    assert {n: p.outcome for n, p in run.profiles.items()} == {"screening": "accept", "precision_critical": "reject"}
+    assert run.profiles["precision_critical"].label() == "reject"  # W&B keeps the outcome only
+    assert from_wandb(config, {"ndcg@10": 0.6}).profiles == {}
+
+
+# --- cut-offs that follow eval.k_values (the headline log line, default metric options) ---
+
+
+def test_the_headline_prints_the_configured_cutoffs():
+    from medret.metrics import headline, headline_k
+
+    m = {"ndcg@10": 0.645, "recall@100": 0.9, "precision@10": 0.08, "ndcg@5": 0.6, "recall@5": 0.7}
+    assert headline(m, [1, 3, 5, 10, 100]) == "nDCG@10 0.6450  R@100 0.9000  P@10 0.0800"  # the default: as before
+    assert headline(m | {"precision@5": 0.1}, [1, 3, 5]) == "nDCG@5 0.6000  R@5 0.7000  P@5 0.1000"
+    assert "nan" not in headline({}, [1, 3, 5]) and headline({}, [5]) == "nDCG@5 -  R@5 -  P@5 -"
+    assert headline_k([20, 100]) == 20 and headline_k([1, 10, 100]) == 10
+
+
+def test_default_metric_options_follow_a_narrowed_k_list(caplog):
+    from omegaconf import OmegaConf
+
+    from medret.config import EvalConfig
+    from medret.metrics import check_metric, follow_k_values
+
+    ev = OmegaConf.structured(EvalConfig)
+    assert follow_k_values(ev) == {} and ev.gate_metric == "ndcg@10"  # 10 in the list: nothing moves
+    ev.k_values = [1, 3, 5]
+    with caplog.at_level("WARNING", logger="medret"):
+        assert follow_k_values(ev) == {"eval.gate_metric": "ndcg@5", "eval.optimize_metric": "ndcg@5"}
+    assert ev.gate_metric == ev.optimize_metric == "ndcg@5" and "eval.optimize_metric" in caplog.text
+    check_metric("eval.gate_metric", ev.gate_metric, [1, 3, 5])  # passes now
+    chosen = OmegaConf.structured(EvalConfig(k_values=[1, 3, 5], gate_metric="recall@100"))
+    assert follow_k_values(chosen) == {"eval.optimize_metric": "ndcg@5"}
+    assert chosen.gate_metric == "recall@100"  # a value the user chose is left for check_metric to reject

@@ -8,7 +8,7 @@ from pathlib import Path
 from medret.config import DataConfig
 from medret.data import synthetic
 from medret.data.dataset import RetrievalDataset, check_unique, reconcile_qrels, restrict_to_judged
-from medret.data.files import check_file, find_file, read_qrels, read_texts
+from medret.data.files import check_file, find_file, read_categories, read_qrels, read_texts
 from medret.errors import InputError
 from medret.storage import file_sha256
 
@@ -26,6 +26,13 @@ def check_data_options(cfg: DataConfig) -> None:
             raise InputError(f"data.num_records={cfg.num_records}: expected a positive record count")
         if cfg.num_queries < 1:
             raise InputError(f"data.num_queries={cfg.num_queries}: expected a positive query count")
+    field = cfg.query_category_field
+    if field is not None and (not isinstance(field, str) or not all(field.split("."))):
+        raise InputError(f"data.query_category_field={field!r}: expected a dotted field path such as metadata.qtype")
+    if field is not None and cfg.name == "synthetic":
+        raise InputError(
+            f"data.query_category_field={field!r}: synthetic queries carry their own categories; leave it unset"
+        )
     if cfg.max_queries is not None and cfg.max_queries < 1:
         raise InputError(f"data.max_queries={cfg.max_queries}: expected a positive count (or null for all queries)")
     if cfg.passage_tokens < 0:
@@ -71,6 +78,9 @@ def _load_files(cfg: DataConfig, corpus: Path, queries: Path, qrels_path: Path, 
     if counts["empty_queries"]:  # an empty query's embedding ranks nothing in particular
         kept = [(q, t) for q, t in zip(query_ids, query_texts) if t.strip()]
         query_ids, query_texts = [q for q, _ in kept], [t for _, t in kept]
+    categories = {}
+    if cfg.query_category_field:  # after the queries' own checks: a malformed line is named as such first
+        categories = read_categories(queries, cfg.query_category_field, "data.query_category_field")
     return RetrievalDataset(
         name=name,
         doc_ids=doc_ids,
@@ -78,6 +88,7 @@ def _load_files(cfg: DataConfig, corpus: Path, queries: Path, qrels_path: Path, 
         query_ids=query_ids,
         query_texts=query_texts,
         qrels=qrels,
+        query_categories=categories,
         unknown_qrels=unknown,
         sources={"corpus": str(corpus), "queries": str(queries), "qrels": str(qrels_path)},
         corpus_fingerprint=f"{file_sha256(corpus)}:{cfg.title_field}:{cfg.text_field}",

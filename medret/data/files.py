@@ -221,3 +221,47 @@ def read_qrels(path: Path, counts: dict[str, int] | None = None) -> Qrels:
         counts["negative_grades"] = negative
         counts["conflicting_judgements"] = conflicting
     return qrels
+
+
+def _lookup(rec: dict, dotted: str) -> tuple[bool, object]:
+    """(found, value) of a dotted path such as ``metadata.qtype``; a CSV column of that exact name counts too."""
+    if dotted in rec:
+        return True, rec[dotted]
+    node: object = rec
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def read_categories(path: Path, dotted: str, option: str, id_field: str = "_id") -> dict[str, str]:
+    """``{id: value}`` of the field ``dotted`` (a string or number) for each record that carries it.
+
+    A field carried by no record is an error naming ``option``, the file and the first record's line (a
+    misspelt path); records lacking it when others carry it are left out of the categories and warned about."""
+    values: dict[str, str] = {}
+    missing, first_missing = 0, 0
+    for lineno, rec in iter_records(path, id_field):
+        found, value = _lookup(rec, dotted)
+        if not found or value is None or value == "":
+            missing += 1
+            first_missing = first_missing or lineno
+            continue
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            raise InputError(f"{option}={dotted!r}: {path}:{lineno}: the field is {kind}; expected a string or number")
+        values[str(rec.get(id_field))] = str(value)
+    if not values:
+        where = f"{path}:{first_missing}" if first_missing else str(path)
+        raise InputError(f"{option}={dotted!r}: {where}: no such field (no query in the file carries it)")
+    if missing:
+        log.warning(
+            "%s=%r: %d queries in %s lack the field (first on line %d); they are in no category slice",
+            option,
+            dotted,
+            missing,
+            path,
+            first_missing,
+        )
+    return values

@@ -1,9 +1,10 @@
 """The judge: metrics with bootstrap CIs, fidelity to the fp32 baseline, the verdict, per-category
-slices and per-query rows. Pure functions of rankings, embeddings and judgements."""
+slices, the query slices (medret/evaluation/slices.py) and per-query rows. Pure functions of rankings,
+embeddings and judgements."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,8 @@ import numpy as np
 from medret.config import EvalConfig
 from medret.data import RetrievalDataset
 from medret.evaluation.fidelity import compare
-from medret.metrics import bootstrap_ci, check_metric, mean_metrics
+from medret.evaluation.slices import query_tags, slice_masks
+from medret.metrics import bootstrap_ci, check_metric, follow_k_values, mean_metrics
 from medret.retrieval import Retrieval, score
 
 HEADLINE = ("ndcg@10", "recall@100", "precision@10", "f1@10", "mrr@10", "map@100")
@@ -19,6 +21,7 @@ HEADLINE = ("ndcg@10", "recall@100", "precision@10", "f1@10", "mrr@10", "map@100
 
 def check_eval(ev: EvalConfig) -> None:
     """Metric options that need no data: checked before anything is loaded."""
+    follow_k_values(ev)  # defaults naming a cut-off the k list lacks follow it (with a warning)
     ks = sorted(set(int(k) for k in ev.k_values))
     check_metric("eval.gate_metric", ev.gate_metric, ks)
     check_metric("eval.optimize_metric", ev.optimize_metric, ks)
@@ -32,6 +35,9 @@ class Judgement:
     ci: dict[str, list[float]]
     fidelity: dict[str, Any] | None
     by_category: dict[str, dict[str, float]]
+    # boolean masks aligned with qids: "all", each automatic tag, "category:<value>"
+    slices: dict[str, np.ndarray] = field(default_factory=dict)
+    tags: dict[str, list[str]] = field(default_factory=dict)  # qid -> automatic tags it carries
 
 
 def _by_category(data: RetrievalDataset, qids, per_query, base: dict | None) -> dict[str, dict[str, float]]:
@@ -39,7 +45,7 @@ def _by_category(data: RetrievalDataset, qids, per_query, base: dict | None) -> 
         return {}
     cats = np.array([data.query_categories.get(q, "") for q in qids])
     out = {}
-    for c in sorted(set(cats)):
+    for c in sorted(set(cats) - {""}):  # a query without a category (its field missing) is in none
         mask = cats == c
         entry = {
             "num_queries": int(mask.sum()),
@@ -76,7 +82,9 @@ def judge(
             seed,
         )
     by_cat = _by_category(data, qids, per_query, base if fidelity is not None else None)
-    return Judgement(qids, per_query, mean_metrics(per_query), ci, fidelity, by_cat)
+    tags = query_tags(data)
+    slices = slice_masks(qids, data, tags)
+    return Judgement(qids, per_query, mean_metrics(per_query), ci, fidelity, by_cat, slices, tags)
 
 
 def per_query_rows(j: Judgement, data: RetrievalDataset, base: dict | None) -> list[dict[str, Any]]:
@@ -87,6 +95,7 @@ def per_query_rows(j: Judgement, data: RetrievalDataset, base: dict | None) -> l
         if data.query_categories:
             row["category"] = data.query_categories.get(q)
         row["num_relevant"] = data.qrels.num_relevant(q)
+        row["slices"] = list(j.tags.get(q, []))  # tag names only
         row.update({m: float(v[i]) for m, v in j.per_query.items()})
         if j.fidelity is not None:
             row["top10_overlap_fp32"] = float(j.fidelity["per_query"]["top10_overlap"][i])

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 import medret
@@ -21,8 +22,17 @@ from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
 from medret.evaluation import baseline as bl
 from medret.evaluation.judge import Judgement, check_eval, judge, per_query_rows
+from medret.evaluation.profiles import (
+    Profile,
+    check_profile_categories,
+    check_profiles,
+    judge_profiles,
+    load_profiles,
+    slice_summary,
+)
 from medret.index import check_gpu_limits, check_index_options, factory_string
 from medret.index.faiss_index import choose_placement
+from medret.metrics import headline
 from medret.models import Retriever, load_retriever
 from medret.models.encoder import check_model_folders, check_model_options, doc_max_length, resolve_model_path
 from medret.models.saving import save_quantized
@@ -59,6 +69,7 @@ def check_options(cfg: EvaluateConfig, auto: dict | None = None) -> QuantPlan:
     cfg.quant = plan.config  # unused bits dropped: results.json records the config that ran
     check_eval_numbers(cfg.eval)
     check_eval(cfg.eval)
+    check_profiles(cfg.eval)  # bad profile files: one error line before any data or model
     check_index_options(cfg.index)
     check_logger(cfg.logger)
     check_runtime(cfg.runtime)
@@ -280,6 +291,32 @@ def build_results(
     return results
 
 
+def run_profiles(cfg: EvaluateConfig, ks: list[int]) -> list[Profile]:
+    """The profiles as judged, checked strictly by check_options: a criterion whose k the corpus cut off the
+    default k list (or a narrowed list cut off the shipped profiles) is skipped, and says so."""
+    return load_profiles(list(cfg.eval.profiles), ks, skip_missing_k=True)
+
+
+def profile_results(cfg: EvaluateConfig, j: Judgement, base: dict | None, ks: list[int]) -> dict:
+    """results.json["slices"] (every run) and ["profiles"] (a run judged against its fp32 baseline)."""
+    slices = j.slices or {"all": np.ones(len(j.qids), dtype=bool)}
+    out: dict[str, Any] = {"slices": slice_summary(slices)}
+    if base is not None:
+        ev = cfg.eval
+        out["profiles"] = judge_profiles(
+            run_profiles(cfg, ks),
+            base["per_query"],
+            j.per_query,
+            slices,
+            ev.min_slice_queries,
+            ev.bootstrap_resamples,
+            cfg.seed,
+        )
+        for name, p in out["profiles"].items():
+            log.info("profile %s: %s%s", name, p["outcome"].upper(), f" ({p['decided_by']})" if p["decided_by"] else "")
+    return out
+
+
 def publish(cfg: EvaluateConfig, run_dir: Path, results: dict, rows: list[dict], data, out: Retrieval) -> None:
     """The run's files first, then W&B (ids and numbers only unless logger.log_text): a tracker that fails
     or waits on its server can never cost the results."""
@@ -314,6 +351,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     if auto:  # written only for a run whose options all passed
         write_choice(plan.config, auto, run_dir)
     data, ks = load_checked_data(cfg)
+    check_profile_categories(run_profiles(cfg, ks), set(data.query_categories.values()))
     data = leave_out_dev_queries(data, auto)  # quant=auto tuned on a holdout of this split: not reported on
     root = cache_root(cfg.cache.dir)
     ensure_writable(root)
@@ -339,12 +377,11 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     device = retriever.doc.device
     results = build_results(cfg, dataclasses.asdict(cfg), data, out, j, quant_info, root, base_file, device, t_start)
     results["runtime"] = runtime_info
+    results.update(profile_results(cfg, j, base if is_variant(cfg) else None, ks))
     publish(cfg, run_dir, results, per_query_rows(j, data, base), data, out)
     log.info(
-        "nDCG@10 %.4f  R@100 %s  P@10 %.4f  (%d queries)%s -> %s",
-        j.metrics.get("ndcg@10", float("nan")),
-        f"{j.metrics['recall@100']:.4f}" if "recall@100" in j.metrics else "-",
-        j.metrics.get("precision@10", float("nan")),
+        "%s  (%d queries)%s -> %s",
+        headline(j.metrics, ks),
         len(j.qids),
         "" if j.fidelity is None else f"  verdict {j.fidelity['verdict']['outcome'].upper()}",
         run_dir / "results.json",

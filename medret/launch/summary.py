@@ -20,17 +20,47 @@ def _number(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def short_names(names: list[str]) -> dict[str, str]:
+    """Each profile name cut to its shortest prefix (3 letters at least) that no other name shares."""
+    out = {}
+    for n in names:
+        k = 3
+        while k < len(n) and any(o != n and o.startswith(n[:k]) for o in names):
+            k += 1
+        out[n] = n[:k]
+    return out
+
+
+def profiles_cell(res: RunResult) -> str:
+    """'scr:A dec:R pre:I exp:A': each profile's outcome (Accept, Reject, Inconclusive) on the run."""
+    short = short_names(list(res.profiles))
+    return " ".join(f"{short[n]}:{p.letter}" for n, p in res.profiles.items())
+
+
+def profile_legend(runs: list[RunResult]) -> str | None:
+    """The line under the table that spells out the profiles column; None when no run has profiles."""
+    names = list(dict.fromkeys(n for r in runs for n in r.profiles))
+    if not names:
+        return None
+    short = short_names(names)
+    spelled = " ".join(f"{short[n]}={n}" for n in names)
+    return f"profiles: {spelled}; A accept, R reject, I inconclusive (what decided each: python -m medret.report)"
+
+
 def evaluate_row(res: RunResult) -> dict[str, str]:
     metric = res.verdict.metric if res.verdict else METRIC
     delta = res.deltas.get(metric)
     size = res.param_bytes
-    return {
+    row = {
         metric: _number(res.metrics.get(metric), ".4f"),
         "delta": _number(delta and delta.delta, "+.4f"),
         "verdict": res.verdict.outcome if res.verdict else "-",
         "model MB": _number(None if size is None else size / 2**20, ".2f"),
         "docs/s": _number(res.encode_rate, ".0f"),
     }
+    if res.profiles:  # last (its width varies); runs without an fp32 baseline, and older runs, have none
+        row["profiles"] = profiles_cell(res)
+    return row
 
 
 def train_row(res: dict[str, Any]) -> dict[str, str]:
@@ -88,5 +118,8 @@ class SweepSummary(Callback):
         if not rows:
             return
         table = format_table(rows)
+        runs = [read_run(d) for d in sweep_dir.iterdir() if d.is_dir() and is_complete(d)]
+        legend = profile_legend([r for r in runs if r is not None])
+        table += f"\n{legend}" if legend else ""
         write_atomic(sweep_dir / "summary.txt", [table, "\n"])
         print(f"\nsweep {sweep_dir}: {len(rows)} runs\n{table}", flush=True)

@@ -1,4 +1,4 @@
-"""python -m medret.report SWEEP_DIR... [--out DIR]: the trade-off table and PNGs, per data set."""
+"""python -m medret.report SWEEP_DIR... [--out DIR]: the trade-off table, the decision matrix and PNGs, per data set."""
 
 import argparse
 import sys

@@ -9,6 +9,7 @@ from typing import Any
 
 from medret.report.collect import Report
 from medret.report.pareto import baseline_score, pareto_front, pareto_front_max, retention_points
+from medret.report.slices import plot_slices, slice_png
 from medret.report.tables import dataset_suffixes, speed_groups, speed_png
 from medret.results import METRIC, RunResult
 
@@ -330,6 +331,7 @@ def plot_dataset(rep: Report, out: Path, suffix: str, style: Style) -> list[Path
     written.append(plot_retention(rep.results, style, title, out / f"retention_bits{suffix}.png"))
     names = [row["run"] for row in rep.rows]
     written.append(plot_categories(rep.results, names, style, title, out / f"category_delta_ndcg10{suffix}.png"))
+    written.append(plot_slices(rep.results, names, style, title, out / slice_png(rep.results, suffix)))
     return [p for p in written if p is not None]
 
 

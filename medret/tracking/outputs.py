@@ -73,6 +73,8 @@ def summary_of(results: dict[str, Any]) -> dict[str, Any]:
     out.update({f"runtime/{k}": rt[k] for k in ("name", "quantize", "quantization") if k in rt})
     for c, vals in results.get("by_category", {}).items():
         out.update({f"category/{c}/{m}": v for m, v in vals.items()})
+    # each acceptance profile's outcome (accept / reject / inconclusive): a word, never record or query text
+    out.update({f"profile/{name}": p["outcome"] for name, p in results.get("profiles", {}).items()})
     if "deltas" in results:
         deltas, fid = results["deltas"], results["fidelity"]
         out.update({f"delta/{m}": d["delta"] for m, d in deltas.items()})
@@ -119,6 +121,9 @@ def results_of(config: dict, summary: dict) -> dict:
         if key.startswith("category/"):
             _, cat, m = key.split("/", 2)
             res["by_category"].setdefault(cat, {})[m] = v
+    profiles = {k.removeprefix("profile/"): v for k, v in summary.items() if k.startswith("profile/")}
+    if profiles:
+        res["profiles"] = {name: {"outcome": outcome} for name, outcome in profiles.items()}
     if "delta/ndcg@10" in summary:
         res["deltas"] = {
             m: {"delta": v, "ci95": pair("delta_ci_low", "delta_ci_high", m)} for m, v in prefixed("delta/").items()

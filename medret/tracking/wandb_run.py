@@ -44,10 +44,16 @@ class RunTracker:
             return
         import wandb
 
-        cols = [c for c in rows[0] if not isinstance(rows[0][c], (list, dict))]
+        # the slice tags (a list of rule names, never text) travel as one comma-joined cell
+        cols = [c for c in rows[0] if not isinstance(rows[0][c], dict)]
         if self.log_text and texts is not None:
             cols.append("query_text")
-        data = [[r.get(c, texts.get(r["query_id"]) if c == "query_text" else None) for c in cols] for r in rows]
+
+        def cell(r: dict[str, Any], c: str) -> Any:
+            v = r.get(c, texts.get(r["query_id"]) if c == "query_text" else None)
+            return ",".join(map(str, v)) if isinstance(v, list) else v
+
+        data = [[cell(r, c) for c in cols] for r in rows]
         self.run.log({"per_query": wandb.Table(columns=cols, data=data)})
 
     def log_table(self, key: str, rows: list[dict[str, Any]]) -> None:
