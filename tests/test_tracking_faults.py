@@ -269,8 +269,10 @@ def test_multirun_ends_with_one_summary_table(tiny_bert, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (sweep / "summary.txt").read_text().splitlines()
     assert "\n".join(table) in proc.stdout
+    *table, legend = table  # the line that spells out the profiles column
+    assert legend.startswith("profiles: scr=screening dec=decision_support pre=precision_critical exp=exploration;")
     header, rows = table[0].split(), [r.split() for r in table[1:]]
-    assert header == ["job", "overrides", "ndcg@10", "delta", "verdict", "model", "MB", "docs/s"]
+    assert header == ["job", "overrides", "ndcg@10", "delta", "verdict", "model", "MB", "docs/s", "profiles"]
     assert [r[:2] for r in rows] == [["0", "quant=none"], ["1", "quant=uniform"]]
     for row in rows:
         res = json.loads((sweep / row[0] / "results.json").read_text())
@@ -279,4 +281,7 @@ def test_multirun_ends_with_one_summary_table(tiny_bert, tmp_path):
     uniform = json.loads((sweep / "1" / "results.json").read_text())
     assert rows[1][3] == f"{uniform['deltas']['ndcg@10']['delta']:+.4f}"
     assert rows[1][4] == uniform["verdict"]["outcome"]
-    assert rows[0][3] == rows[0][4] == "-"  # the fp32 run has no delta or verdict
+    assert rows[0][3] == rows[0][4] == "-"  # the fp32 run has no delta or verdict, and no profiles
+    assert len(rows[0]) == 7  # job, overrides, ndcg@10, delta, verdict, model MB, docs/s
+    profiles = {k: p["outcome"][0].upper() for k, p in uniform["profiles"].items()}
+    assert rows[1][7:] == [f"{k[:3]}:{profiles[k]}" for k in uniform["profiles"]]

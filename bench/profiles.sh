@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Acceptance profiles x schemes on one BEIR set (issue 25's evidence): one evaluate per scheme, sequential, one
+# shared embedding cache (the fp32 baseline is encoded once), then the report's decision matrix.
+#   bash bench/profiles.sh DATA_DIR OUT_DIR [CATEGORY_FIELD]
+#   e.g. bash bench/profiles.sh ../shared/data/medquad bench/results/profiles-medquad metadata.qtype
+# A finished scheme (its results.json exists) is skipped, so the same command resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=$(realpath "$1"); OUT=$2; FIELD=${3:-}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+common=(data=beir "data.path=$DATA" data.split=test logger=none "cache.dir=$OUT/cache")
+[ -n "$FIELD" ] && common+=("data.query_category_field=$FIELD")
+run() {  # NAME OVERRIDES...
+    local name=$1; shift
+    [ -f "$OUT/$name/results.json" ] && { echo "== $name: done already"; return; }
+    echo "== $name: $*"
+    HF_HUB_OFFLINE=1 $PY evaluate.py "${common[@]}" "$@" "hydra.run.dir=$OUT/$name" 2>&1 | grep -E "profile |nDCG@10|error" || true
+}
+run bf16 quant=bf16
+run bnb-int8 quant=bnb_int8
+run bnb-nf4 quant=bnb_nf4
+run nf4-g64-emb quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true
+run openvino-int8 runtime=openvino runtime.quantize=int8
+run onnx-dynamic-int8 runtime=onnx runtime.quantize=dynamic_int8
+run gptq-nf3-g64-act-refine100 quant=nf quant.bits=3 quant.group_size=64 quant.method=gptq quant.act_order=true \
+    quant.calibration_texts=256 quant.refine_steps=100
+HF_HUB_OFFLINE=1 $PY -m medret.report "$OUT" --out "$OUT/report" >/dev/null
+echo "== decision matrix: $OUT/report/decision_matrix.md"
