@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -38,6 +39,19 @@ class RetrievalDataset:
     @property
     def num_docs(self) -> int:
         return len(self.doc_ids)
+
+    def with_queries(self, positions: Sequence[int]) -> RetrievalDataset:
+        """The same corpus with only the queries at ``positions`` (their texts, judgements and categories): the
+        one query-subset helper (training's dev split, a scan's dev queries, a holdout left out of a report)."""
+        ids = [self.query_ids[int(i)] for i in positions]
+        keep = set(ids)
+        return dataclasses.replace(
+            self,
+            query_ids=ids,
+            query_texts=[self.query_texts[int(i)] for i in positions],
+            qrels=self.qrels.subset(ids),
+            query_categories={q: c for q, c in self.query_categories.items() if q in keep},
+        )
 
     def queries_fingerprint(self) -> str:
         h = hashlib.sha256()

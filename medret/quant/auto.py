@@ -266,11 +266,4 @@ def leave_out_dev_queries(data: Any, info: dict[str, Any] | None) -> Any:
         return data
     if not keep:
         raise InputError(f"quant.sensitivity={info['sensitivity']}: every query of {data.name} was a scan dev query")
-    qids = [data.query_ids[i] for i in keep]
-    return replace(
-        data,
-        query_ids=qids,
-        query_texts=[data.query_texts[i] for i in keep],
-        qrels=data.qrels.subset(qids),
-        query_categories={q: c for q, c in data.query_categories.items() if q not in held},
-    )
+    return data.with_queries(keep)

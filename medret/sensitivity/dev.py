@@ -3,7 +3,6 @@ dev corpus (their judged records + seeded others) and the label-free fidelity te
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -39,14 +38,8 @@ def dev_set(data: RetrievalDataset, scan: ScanConfig, seed: int) -> tuple[Retrie
     rng = np.random.default_rng([seed, 1])
     n_q = len(data.query_ids) if scan.dev_queries is None else min(scan.dev_queries, len(data.query_ids))
     rows = np.sort(rng.choice(len(data.query_ids), size=n_q, replace=False))
-    qids = [data.query_ids[int(r)] for r in rows]
-    dev = dataclasses.replace(
-        data,
-        query_ids=qids,
-        query_texts=[data.query_texts[int(r)] for r in rows],
-        qrels=data.qrels.subset(qids),
-        query_categories={q: data.query_categories[q] for q in qids if q in data.query_categories},
-    )
+    dev = data.with_queries(rows)
+    qids = dev.query_ids
     if scan.dev_corpus is not None and scan.dev_corpus < data.num_docs:
         dev = _subsample_corpus(dev, scan.dev_corpus, rng)
     info = {

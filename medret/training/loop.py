@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,6 @@ from medret.losses import info_nce
 from medret.retrieval import RetrievalSettings, model_identity, retrieve, score
 from medret.training.pairs import PairSplit
 from medret.training.session import Session
-
-
-def _subset(data: RetrievalDataset, queries: list[int]) -> RetrievalDataset:
-    ids = [data.query_ids[i] for i in queries]
-    return dataclasses.replace(
-        data,
-        query_ids=ids,
-        query_texts=[data.query_texts[i] for i in queries],
-        qrels={q: data.qrels[q] for q in ids},
-        query_categories={q: c for q, c in data.query_categories.items() if q in set(ids)},
-    )
 
 
 def _embed(encoder, texts: list[str]) -> torch.Tensor:
@@ -47,7 +35,7 @@ def mine_hard_negatives(s: Session, data: RetrievalDataset, split: PairSplit, ro
     """Top-ranked non-relevant records per training query, with the starting model and medret's index.
     Keyed like evaluate's fp32 run, so an earlier evaluate's corpus shards are reused."""
     n = s.cfg.train.hard_negatives
-    train_data = _subset(data, split.train_queries)
+    train_data = data.with_queries(split.train_queries)
     depth = min(data.num_docs, n + max(len(p) for p in split.positives.values()) + 5)
     key = {"weights": model_identity(s.retriever), "quant": {"name": "none"}}
     out = retrieve(s.retriever, train_data, RetrievalSettings.of(s.cfg), depth, root, key)
@@ -59,7 +47,7 @@ def mine_hard_negatives(s: Session, data: RetrievalDataset, split: PairSplit, ro
 
 
 def dev_score(s: Session, data: RetrievalDataset, split: PairSplit, ks: list[int], metric: str) -> float:
-    dev = _subset(data, split.dev_queries)
+    dev = data.with_queries(split.dev_queries)
     for m in s.models:
         m.eval()
     # weights change every time: nothing to reuse, so no cache
