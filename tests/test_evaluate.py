@@ -204,6 +204,7 @@ def wandb_run_record(run_dir: Path) -> dict:
     return next(json.loads(x)["run"] for x in out.stdout.splitlines() if '"type":"run"' in x)
 
 
+@pytest.mark.slow
 def test_cli_multirun_sweep_writes_every_job(tiny_bert, tmp_path):
     proc = run_cli(
         "-m",

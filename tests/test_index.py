@@ -35,7 +35,7 @@ def test_streamed_exact_topk_equals_flat(vectors):
     np.testing.assert_array_equal(exact_topk(q, shards, 20), flat.search(q, 20)[1])
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if "pq" in p else p for p in PRESETS])
 def test_presets_build_from_shards_and_approximate_exact_search(vectors, preset):
     x, q = vectors
     shards = [x[i : i + 1000] for i in range(0, len(x), 1000)]

@@ -70,6 +70,7 @@ def test_online_without_login_writes_results_and_logs_offline(tiny_bert, tmp_pat
     assert_offline_run(run_dir, res["wandb"])
 
 
+@pytest.mark.slow
 def test_online_with_an_unreachable_server_waits_bounded_then_logs_offline(tiny_bert, tmp_path):
     # a key (never valid) and a server address where nothing listens: the real network failure path
     env = {**no_login_env(tmp_path), "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}

@@ -29,6 +29,7 @@ def test_a_tight_large_drop_is_rejected():
     assert v["outcome"] == "reject" and not v["accept"] and v["drop_lower_ci95"] > 0.01
 
 
+@pytest.mark.slow
 def test_a_wide_ci_across_the_gate_is_inconclusive_and_says_how_many_queries_decide():
     rng = np.random.default_rng(2)
     deltas = rng.normal(-0.005, 0.1, 300)  # SciFact-like: 300 queries, CI about +-0.012
