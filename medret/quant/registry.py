@@ -12,14 +12,13 @@ lookup, so nothing else needs editing to add one.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from medret.errors import InputError
+from medret.plugins import import_all
 
 # (weight, spec: QuantConfig, group_size, importance or None) -> QuantState
 QuantizeFn = Callable[..., object]
@@ -60,7 +59,6 @@ class Method:
 
 _SCHEMES: dict[str, Scheme] = {}
 _METHODS: dict[str, Method] = {}
-_discovered = False
 
 
 def register(scheme: Scheme) -> Scheme:
@@ -74,14 +72,7 @@ def register_method(method: Method) -> Method:
 
 
 def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import medret.quant as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    import_all("medret.quant")
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:

@@ -5,14 +5,13 @@ else needs editing to add one (a test may also register one of its own).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from medret.config import RuntimeConfig
 from medret.errors import InputError
+from medret.plugins import import_all
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,6 @@ class Backend(Protocol):
 
 
 _BACKENDS: dict[str, Backend] = {}
-_discovered = False
 
 
 def register(backend: Backend) -> Backend:
@@ -58,15 +56,7 @@ def register(backend: Backend) -> Backend:
 
 
 def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import medret.runtime as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.endswith("_backend"):
-            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    import_all("medret.runtime", "_backend")
 
 
 def names() -> tuple[str, ...]:
