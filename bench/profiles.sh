@@ -6,7 +6,7 @@
 # A finished scheme (its results.json exists) is skipped, so the same command resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=$(realpath "$1"); OUT=$2; FIELD=${3:-}
+DATA=$1; OUT=$2; FIELD=${3:-}  # DATA as given (relative to the repo root, e.g. ../shared/data/scifact)
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 common=(data=beir "data.path=$DATA" data.split=test logger=none "cache.dir=$OUT/cache")
