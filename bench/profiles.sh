@@ -23,7 +23,15 @@ run bnb-nf4 quant=bnb_nf4
 run nf4-g64-emb quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true
 run openvino-int8 runtime=openvino runtime.quantize=int8
 run onnx-dynamic-int8 runtime=onnx runtime.quantize=dynamic_int8
-run gptq-nf3-g64-act-refine100 quant=nf quant.bits=3 quant.group_size=64 quant.method=gptq quant.act_order=true \
-    quant.calibration_texts=256 quant.refine_steps=100
+# the 3-bit recipes that pass the 0.01 gate on MedQuAD (docs/RESULTS.md, issue 14 frontier), and the 2.5-bit mix;
+# quant=auto reads the SciFact train-query scan (dev queries, never a test set)
+G=(quant.method=gptq quant.act_order=true)
+SCAN=bench/results/frontier-scifact/scan-nf-g64/sensitivity.json
+run gptq-nf3-g64-act-c512-refine300 quant=nf quant.bits=3 quant.group_size=64 "${G[@]}" \
+    quant.calibration_texts=512 quant.refine_steps=300
+run auto-3.0-nfch-c512-refine300 quant=auto quant.target_bits=3.0 "quant.sensitivity=$SCAN" \
+    "quant.grid={name:nf,granularity:channel}" "${G[@]}" quant.calibration_texts=512 quant.refine_steps=300
+run auto-2.5-kmeansch quant=auto quant.target_bits=2.5 "quant.sensitivity=$SCAN" \
+    "quant.grid={name:kmeans,granularity:channel}" "${G[@]}" quant.calibration_texts=256
 HF_HUB_OFFLINE=1 $PY -m medret.report "$OUT" --out "$OUT/report" >/dev/null
 echo "== decision matrix: $OUT/report/decision_matrix.md"

@@ -246,7 +246,18 @@ def typed(cfg: Any, schema: type[T]) -> T:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
 
 
+def model_name(group_name: str, group_path: str, path: str) -> str:
+    """``model.name`` as a model group file declares it: the group's name while ``model.path`` is the group's own,
+    else named after the path actually loaded (its folder or hub id's last part), so an MPNet folder given with
+    ``model=minilm model.path=...`` is not labelled minilm. An explicit ``model.name=`` still wins."""
+    if str(path) == str(group_path):
+        return group_name
+    tail = str(path).rstrip("/").split("://")[-1]
+    return tail.rsplit("/", 1)[-1] or group_name
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("medret_model_name", model_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="train_schema", node=TrainRootConfig)

@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from medret.config import ModelConfig
 from medret.errors import InputError
+from medret.models.parts import SCHEME, resolve_parts
 from medret.quant.persist import is_quantized_dir, load_quantized
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,10 @@ _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_model_path(path: str) -> str:
-    """``pkg://name`` -> the model folder a Python package carries; dirs and hub ids unchanged."""
+    """``pkg://name`` -> the model folder a Python package carries; ``parts://name`` -> a model assembled from split
+    packages (medret.models.parts); dirs and hub ids unchanged."""
+    if path.startswith(SCHEME):
+        return resolve_parts(path)
     if not path.startswith("pkg://"):
         return path
     name = path.removeprefix("pkg://")
