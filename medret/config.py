@@ -112,6 +112,9 @@ class QuantConfig:
     # quant=auto on another grid than the scan's, e.g. {name: kmeans, granularity: channel}: each width priced by
     # what this grid stores, the drops still the scan's (an approximation the evaluate run then measures)
     grid: Any = None  # a mapping (Any: so the command line can set it without a leading +)
+    # which encoder is quantized: both | query | doc. One side only (a query/doc pair, or a symmetric model whose
+    # quantized side gets its own copy): the other side runs fp32 and reuses the fp32 baseline's cached embeddings
+    side: str = "both"
 
 
 @dataclass

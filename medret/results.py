@@ -180,6 +180,16 @@ class RunResult:
         return str(_get(self.raw, "quant", "scheme") or _get(self.raw, "config", "quant", "name", default="none"))
 
     @property
+    def side(self) -> str:
+        """Which encoder was quantized: both | query | doc (runs from before quant.side: both)."""
+        return str(_get(self.raw, "quant", "side") or _get(self.raw, "config", "quant", "side", default="both"))
+
+    @property
+    def scheme_label(self) -> str:
+        """The scheme as a table names it: 'nf', or 'nf (query only)' for a run that quantized one side."""
+        return self.scheme if self.side == "both" else f"{self.scheme} ({self.side} only)"
+
+    @property
     def bits(self) -> int | None:
         """The width asked for (config quant.bits); None for fixed-width schemes."""
         return _get(self.raw, "config", "quant", "bits")

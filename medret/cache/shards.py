@@ -43,8 +43,17 @@ def cache_root(configured: str | None) -> Path:
     return Path(root).expanduser()
 
 
+def side_parts(parts: dict) -> dict:
+    """What one side's embeddings depend on: the side a run names ``fp32_side`` (quant.side quantized the other)
+    runs the weights as loaded, so it is keyed (and its manifest written) as the fp32 run's and reads the
+    embeddings the fp32 baseline cached. Only evaluate's side split sets ``fp32_side``."""
+    if parts.get("fp32_side") is not None and parts["fp32_side"] == parts.get("side"):
+        return {**{k: v for k, v in parts.items() if k != "fp32_side"}, "quant": {"name": "none"}}
+    return parts
+
+
 def cache_key(parts: dict) -> str:
-    return digest(parts, 32)
+    return digest(side_parts(parts), 32)
 
 
 def ensure_writable(root: Path) -> None:
@@ -135,6 +144,7 @@ class ShardStore:
         ensure_writable(root)
         self.dir = root / "embeddings" / key
         self.dir.mkdir(parents=True, exist_ok=True)
+        meta = side_parts(meta)  # as cache_key read it: an fp32 side matches the fp32 run's manifest
         self.meta, self.num_records, self.shard_size, self.dtype = meta, num_records, shard_size, dtype
         self.num_shards = max(1, -(-num_records // shard_size))
         with self._locked() as manifest:

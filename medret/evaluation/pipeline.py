@@ -30,6 +30,7 @@ from medret.evaluation.profiles import (
     load_profiles,
     slice_summary,
 )
+from medret.evaluation.sides import check_side, export_key, quantize_sides, run_key
 from medret.index import check_gpu_limits, check_index_options, factory_string
 from medret.index.faiss_index import choose_placement
 from medret.metrics import headline
@@ -41,7 +42,6 @@ from medret.quant import (
     calibration_corpus,
     decode_resident,
     plan_quant,
-    quantize_retriever,
     scheme,
     state_bytes,
 )
@@ -67,6 +67,7 @@ def check_options(cfg: EvaluateConfig, auto: dict | None = None) -> QuantPlan:
     check_passage_length(cfg)
     plan = plan_quant(cfg.quant, cfg.model.device, auto)
     cfg.quant = plan.config  # unused bits dropped: results.json records the config that ran
+    check_side(cfg.quant, cfg.model.adapter)
     check_eval_numbers(cfg.eval)
     check_eval(cfg.eval)
     check_profiles(cfg.eval)  # bad profile files: one error line before any data or model
@@ -172,11 +173,12 @@ def save_fp32_baseline(path: Path, out: Retrieval, j: Judgement) -> None:
 
 
 def quantize_stage(retriever: Retriever, data, cfg: EvaluateConfig, plan: QuantPlan) -> tuple[dict, dict]:
-    """Quantize in place; returns (quant info for results.json, the quant part of cache keys)."""
+    """Quantize in place (only quant.side's encoders); returns (quant info for results.json, the quant part of
+    cache keys)."""
     calibration = None
     if plan.needs_calibration:  # unlabelled corpus texts: Fisher weights, GPTQ's Hessians, refinement's targets
         calibration = calibration_corpus(data.doc_texts, plan.config)
-    info = quantize_retriever(retriever, plan, calibration=calibration)
+    info = quantize_sides(retriever, plan, calibration)
     if plan.config.save_dir and plan.config.name != "none":
         info["saved_to"] = str(save_quantized(retriever, Path(plan.config.save_dir), info))
     qkey = plan.cache_key
@@ -217,14 +219,17 @@ def runtime_stage(
     calibration = None
     if runtime_needs_calibration(rt):  # label-free, seeded corpus texts; never the queries
         calibration = spread_sample(data.doc_texts, rt.calibration_texts, cfg.seed)
-    weights = digest({**key, "model": cfg.model.path, "revision": cfg.model.revision})
-    doc, info = build_runtime(retriever.doc, rt, root, weights + "-doc", calibration)
+
+    def weights(of: str) -> str:  # an fp32 side's export is the one an unquantized run caches
+        return digest({**export_key(key, of), "model": cfg.model.path, "revision": cfg.model.revision})
+
+    doc, info = build_runtime(retriever.doc, rt, root, weights("doc") + "-doc", calibration)
     if retriever.query is retriever.doc:
         query = doc
     elif retriever.query.model is retriever.doc.model:  # same weights, other prefix or length
         query = doc.with_settings(retriever.query.settings) if rt.name != "torch" else retriever.query
     else:
-        query, _ = build_runtime(retriever.query, rt, root, weights + "-query", calibration)
+        query, _ = build_runtime(retriever.query, rt, root, weights("query") + "-query", calibration)
     if rt.name == "torch":
         return retriever, info, key
     if scheme(cfg.quant.name).kind == "custom" and info["quantization"] == "none":
@@ -330,6 +335,8 @@ def publish(cfg: EvaluateConfig, run_dir: Path, results: dict, rows: list[dict],
     tags.append(f"runtime:{cfg.runtime.name}" + (f"-{cfg.runtime.quantize}" if cfg.runtime.quantize != "none" else ""))
     if cfg.quant.bits is not None:
         tags.append(f"bits:{cfg.quant.bits}")
+    if cfg.quant.side != "both":
+        tags.append(f"side:{cfg.quant.side}")
     tracker = start_tracker(cfg.logger, run_dir, results["config"], tags=tags)
     if tracker.run is not None:
         results["wandb"] = tracker.describe()
@@ -345,7 +352,11 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     cfg, run_dir = typed(cfg, EvaluateConfig), Path(run_dir)
     # quant=auto: bits per layer from a sensitivity scan, as plain overrides before any check or model
     model_dir = functools.partial(resolve_model_path, cfg.model.path)  # quant.grid reads the model's shapes
-    cfg.quant, auto = resolve_auto(cfg.quant, cfg.model.path, cfg.model.revision, None, model_dir)
+    side = cfg.quant.side  # the run's own choice, not the scan's: kept out of quant=auto's resolution
+    cfg.quant, auto = resolve_auto(
+        dataclasses.replace(cfg.quant, side="both"), cfg.model.path, cfg.model.revision, None, model_dir
+    )
+    cfg.quant = dataclasses.replace(cfg.quant, side=side)
     plan = check_options(cfg, auto)
     check_model_folders(cfg.model)
     if auto:  # written only for a run whose options all passed
@@ -365,7 +376,7 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     quant_info, qkey = quantize_stage(retriever, data, cfg, plan)
     if auto:  # the choice, its budget, and the bits/param the real quantization reached
         quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get("effective_bits_per_param")}
-    key = {"weights": identity, "quant": qkey}
+    key = run_key(identity, qkey, cfg.quant.side)
     if cfg.cache.only_shard is not None:
         return encode_only(retriever, data, cfg, root, key, run_dir)
 

@@ -68,7 +68,7 @@ def row_of(res: RunResult | dict, name: str) -> dict:
     return {
         "run": name,
         "model": r.model,
-        "scheme": r.scheme,
+        "scheme": r.scheme_label,
         "bits": r.bits or "",
         "runtime": r.runtime_label,
         "eff_bits": _fmt(r.eff_bits, 3),

@@ -272,9 +272,10 @@ def plot_retention(results: list[RunResult], style: Style, title: str, path: Pat
 
 
 def run_label(res: RunResult) -> str:
-    """A short name for a bar legend: scheme, bits unless bnb, runtime unless torch."""
+    """A short name for a bar legend: scheme, bits unless bnb, the side when only one, runtime unless torch."""
     bits, scheme, rt = res.bits, res.scheme, res.runtime_label
     label = scheme if bits is None or scheme.startswith("bnb") else f"{scheme} {bits}b"
+    label += "" if res.side == "both" else f" {res.side}-only"
     return label if rt == "torch" else (rt if scheme == "none" else f"{label} {rt}")
 
 
