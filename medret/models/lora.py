@@ -6,8 +6,10 @@ is registered as a peft custom module, so the custom 2-8 bit schemes get adapter
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,12 +51,30 @@ def attach_lora(model: nn.Module, targets: list[str], r: int, alpha: float, drop
             # bnb's CPU kernel repacks a 4-bit weight (absmax to bf16) on its first eval forward: the base would
             # change at the first dev evaluation, and a resumed run would train on another. Keep one layout.
             m.support_avx512bf16_for_cpu = False
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    with _device_hints(model):
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     n = 0
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
         n += p.numel() if p.requires_grad else 0
     return n
+
+
+@contextlib.contextmanager
+def _device_hints(model: nn.Module) -> Iterator[None]:
+    """peft puts each new adapter on its base layer's device, read from ``weight``/``qweight`` or else the first
+    parameter: a packed QuantLinear without bias (ModernBERT's bias-free Wqkv/Wi/Wo) has none of them and peft
+    stops with a bare StopIteration. Lend such a layer its packed codes as ``qweight`` while adapters go in."""
+    lent = []
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and not hasattr(m, "qweight") and m.bias is None:
+            m.qweight = next(m.buffers())
+            lent.append(m)
+    try:
+        yield
+    finally:
+        for m in lent:
+            del m.qweight
 
 
 def lora_targets(model: nn.Module) -> list[str]:
