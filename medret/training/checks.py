@@ -51,6 +51,8 @@ def check_options(cfg: TrainRootConfig) -> None:
     check_index_options(cfg.index)
     check_cache_options(cfg)
     drop_unused_bits(cfg.quant)
+    if cfg.quant.side != "both":  # training quantizes (or adapts) every encoder it trains
+        raise InputError(f"quant.side={cfg.quant.side}: train.py quantizes both encoders; use quant.side=both")
     check_metric("eval.optimize_metric", cfg.eval.optimize_metric, sorted({*cfg.eval.k_values, 10}))
     if t.batch_size < 2 and t.hard_negatives == 0:
         raise InputError(
