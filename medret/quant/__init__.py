@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from medret.quant.apply import quantize_model
+from medret.quant.apply import layer_specs, quantize_model
 from medret.quant.checks import validate
 from medret.quant.corpus import calibration_corpus, seeded_sample
 from medret.quant.layers import decode_once, state_bytes
 from medret.quant.linear import PackedModule
+from medret.quant.memory import check_memory
 from medret.quant.options import as_config, needs_calibration, quant_identity
 from medret.quant.plan import QuantPlan, plan_quant
 from medret.quant.registry import method, names, scheme
@@ -27,6 +28,7 @@ from medret.quant.sizes import PARTS, bytes_by_part, param_count
 __all__ = [
     "QuantPlan",
     "calibration_corpus",
+    "check_quant_memory",
     "decode_resident",
     "model_sizes",
     "method",
@@ -75,6 +77,7 @@ def quantize_retriever(retriever, plan, calibration: list[str] | None = None) ->
     else:
         if calibration:
             calibration = seeded_sample(calibration, cfg.calibration_texts, cfg.calibration_seed)
+        check_quant_memory(retriever, plan, calibration)  # every encoder before the first is rounded
         info.update(_method_info(plan, calibration))
         reports = [
             quantize_model(e.model, e.tokenizer, cfg, calibration, e.settings.pooling, e.settings.max_length)
@@ -98,6 +101,18 @@ def quantize_retriever(retriever, plan, calibration: list[str] | None = None) ->
     info.update(model_sizes(encoders, n_params))
     info["fp32_model_bytes"] = fp32_bytes
     return info
+
+
+def check_quant_memory(retriever, plan, calibration: list[str] | None) -> None:
+    """One ``error:`` line when GPTQ or refinement of any encoder cannot fit in the memory available now
+    (``medret.quant.memory``); cheap (the calibration texts tokenized), so a run can call it before its fp32 pass."""
+    plan = plan_quant(plan)
+    if not plan.needs_calibration or not calibration or plan.scheme.kind in ("none", "cast"):
+        return
+    calibration = seeded_sample(calibration, plan.config.calibration_texts, plan.config.calibration_seed)
+    for e in retriever.encoders():
+        specs = layer_specs(e.model, plan.config)
+        check_memory(e.model, e.tokenizer, specs, plan.config, calibration, e.settings.max_length)
 
 
 def _method_info(plan: QuantPlan, calibration: list[str] | None) -> dict[str, Any]:

@@ -12,15 +12,23 @@ from torch import nn
 from medret.config import QuantConfig
 from medret.errors import InputError
 from medret.quant import refine
-from medret.quant.bnb import probe_compute_dtype
+from medret.quant.bnb import EMBEDDING_BLOCKSIZE, check_row_blocks, probe_compute_dtype
+from medret.quant.embedding import word_embeddings
 from medret.quant.fisher import squared_gradients
 from medret.quant.layers import bnb_layer, custom_layer, decode_once, quantize_embeddings, quantize_weight, state_bytes
+from medret.quant.memory import check_memory
 from medret.quant.options import as_config, drop_unused_bits
 from medret.quant.registry import method, scheme
-from medret.quant.select import select_linears, spec_for
+from medret.quant.select import architecture, select_linears, spec_for
 
 # re-exported for older import paths (bench/gpubench, training/checks.py, tests); new code imports quant.options/layers
-__all__ = ["decode_once", "drop_unused_bits", "quantize_model", "quantize_weight", "state_bytes"]
+__all__ = ["decode_once", "drop_unused_bits", "layer_specs", "quantize_model", "quantize_weight", "state_bytes"]
+
+
+def layer_specs(model: nn.Module, cfg: QuantConfig) -> dict[str, QuantConfig]:
+    """Each linear the config quantizes (quant.include minus quant.exclude, not overridden to none), with its spec."""
+    specs = {n: spec_for(n, cfg) for n in select_linears(model, cfg)}
+    return {n: s for n, s in specs.items() if s.name != "none"}
 
 
 def _round_each(
@@ -41,6 +49,22 @@ def _round_each(
     return layers, compute_dtype
 
 
+def _bnb_4bit(spec: QuantConfig) -> bool:
+    return scheme(spec.name).kind == "bnb" and scheme(spec.name).bits == 4
+
+
+def _check_bnb_blocks(model: nn.Module, specs: dict[str, QuantConfig], cfg: QuantConfig, device) -> None:
+    """The 4-bit bitsandbytes layers' rows against their block size, before any layer is replaced."""
+    four = {n: s for n, s in specs.items() if _bnb_4bit(s)}
+    for bs in {s.blocksize for s in four.values()}:
+        widths = {n: model.get_submodule(n).in_features for n, s in four.items() if s.blocksize == bs}
+        check_row_blocks(widths, bs, device, architecture(model))
+    found = word_embeddings(model) if cfg.embeddings else None
+    if found and _bnb_4bit(spec_for(found[0], cfg)):
+        option = "quant.embeddings=true (bitsandbytes' 4-bit embeddings: blocks of 64)"
+        check_row_blocks({found[0]: found[1].embedding_dim}, EMBEDDING_BLOCKSIZE, device, architecture(model), option)
+
+
 def _by_model_pass(specs: dict[str, QuantConfig]) -> dict[str, dict[str, QuantConfig]]:
     """The layers each whole-model method (GPTQ) rounds, by method name, in forward order."""
     passes: dict[str, dict[str, QuantConfig]] = {}
@@ -55,12 +79,13 @@ def quantize_model(
 ) -> dict[str, Any]:
     cfg = as_config(cfg)
     device = next(model.parameters()).device
-    specs = {n: spec_for(n, cfg) for n in select_linears(model, cfg)}
-    specs = {n: s for n, s in specs.items() if s.name != "none"}
+    specs = layer_specs(model, cfg)
     need_fisher = [n for n, s in specs.items() if any(scheme(x).calibrated for x in (s.name, s.base) if x)]
     by_method = any(method(s.method).calibrated for s in specs.values())  # GPTQ's Hessians
     if (need_fisher or cfg.refine_steps or by_method) and not calibration:
         raise InputError(f"quant={cfg.name} method={cfg.method}: no calibration texts (the corpus is empty)")
+    check_memory(model, tokenizer, specs, cfg, calibration, max_length)  # GPTQ's and refinement's peak, up front
+    _check_bnb_blocks(model, specs, cfg, device)
     targets = refine.targets(model, tokenizer, calibration, max_length) if cfg.refine_steps else None  # fp32's
     importance: dict[str, torch.Tensor] = {}
     if need_fisher:

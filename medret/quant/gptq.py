@@ -12,8 +12,9 @@ in column order and the stored format does not change.
 ``quantize_layers`` takes each layer's inputs from the calibration texts through the model whose earlier
 layers are already quantized, true-sequentially: query/key/value (one shared input, one Hessian), then the
 attention output, then the feed-forward layers. Each transformer block is run on the outputs of the
-quantized block before it (the model is run once, to the first block), every run stopped at the layer
-being captured; layers outside the blocks (a pooler) are captured through the whole model.
+quantized block before it, with that block's own masks and position embeddings (the model is run once, to
+the last block, to capture every block's call), every run stopped at the layer being captured; layers outside
+the blocks (ELECTRA's embedding projection, a pooler) are captured through the whole model.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from functools import partial
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from medret.errors import InputError
 from medret.quant.registry import scheme
+from medret.quant.select import architecture
 from medret.quant.state import QuantState, dequantize, make_state
 
 BLOCK = 128  # lazy batch: columns updated together before the rest of the matrix sees their error
@@ -201,8 +204,9 @@ def _stages(model: nn.Module, names: list[str], batch: dict) -> list[list[str]]:
     if missing:
         some = ", ".join(sorted(missing)[:3]) + (" ..." if len(missing) > 3 else "")
         raise InputError(
-            f"quant.method=gptq: {len(missing)} selected layer(s) never run in the encoder's forward ({some}), so "
-            "they have no calibration inputs; leave them out with quant.exclude or use quant.method=rtn"
+            f"quant.method=gptq on {architecture(model)}: {len(missing)} selected layer(s) never run in the "
+            f"encoder's forward ({some}), so they have no calibration inputs; leave them out with quant.exclude "
+            "or use quant.method=rtn"
         )
     return stages
 
@@ -248,15 +252,27 @@ def _blocks(model: nn.Module, names: list[str]) -> tuple[list[str], dict[str, st
     return best
 
 
-def _block_inputs(model: nn.Module, block: nn.Module, batches: list[dict]) -> list[tuple[list, dict]]:
-    """What the model passes to ``block`` for each batch (the rest of the forward is not run)."""
-    captured: list[tuple[list, dict]] = []
+def _with_hidden(args: list, kwargs: dict, hidden) -> tuple[list, dict]:
+    """A block's call with its hidden states (the first positional argument, or ``hidden_states=``) replaced."""
+    if args:
+        return [hidden, *args[1:]], kwargs
+    return args, {**kwargs, "hidden_states": hidden}
 
-    def grab(_m, args, kwargs):
-        captured.append((list(args), dict(kwargs)))
-        raise _Captured
 
-    hook = block.register_forward_pre_hook(grab, with_kwargs=True)
+def _block_inputs(model: nn.Module, blocks: list[nn.Module], batches: list[dict]) -> list[list[tuple[list, dict]]]:
+    """What the model passes to each of ``blocks`` for each batch, in one forward stopped after the last block:
+    the first block's whole call, the others' without their hidden states (those come from replaying the
+    quantized block before). Each block keeps its own extra arguments: ModernBERT alternates global and
+    sliding-window layers, each with its own attention mask and rotary embeddings."""
+    calls: list[list[tuple[list, dict]]] = [[] for _ in blocks]
+
+    def grab(k: int, _m, args, kwargs):
+        args, kwargs = list(args), dict(kwargs)
+        calls[k].append((args, kwargs) if k == 0 else _with_hidden(args, kwargs, None))
+        if k == len(blocks) - 1:
+            raise _Captured
+
+    hooks = [b.register_forward_pre_hook(partial(grab, k), with_kwargs=True) for k, b in enumerate(blocks)]
     try:
         with torch.no_grad():
             for b in batches:
@@ -265,18 +281,19 @@ def _block_inputs(model: nn.Module, block: nn.Module, batches: list[dict]) -> li
                 except _Captured:
                     pass
     finally:
-        hook.remove()
-    return captured
+        for h in hooks:
+            h.remove()
+    return calls
 
 
-def _replay(block: nn.Module, inputs: list[tuple[list, dict]]) -> list[tuple[list, dict]]:
-    """The next block's inputs: this (quantized) block's output as hidden states, the same masks.
-    Every block of a BERT-style encoder takes the same extra arguments."""
+def _replay(block: nn.Module, inputs: list[tuple[list, dict]], following: list[tuple[list, dict]]):
+    """The next block's calls: this (quantized) block's output as hidden states, with the next block's own
+    extra arguments (``following``, as the model passed them)."""
     out = []
     with torch.no_grad():
-        for args, kwargs in inputs:
+        for (args, kwargs), (next_args, next_kwargs) in zip(inputs, following):
             y = block(*args, **kwargs)
-            out.append(([y[0] if isinstance(y, tuple) else y, *args[1:]], kwargs))
+            out.append(_with_hidden(next_args, next_kwargs, y[0] if isinstance(y, tuple) else y))
     return out
 
 
@@ -287,6 +304,7 @@ class _Job:
     importance: dict[str, torch.Tensor]
     masks: list[torch.Tensor]
     results: dict[str, LayerResult]
+    bar: tqdm  # layers done, of all the pass rounds
 
 
 def _quantize_stage(model: nn.Module, stage: list[str], runs: list[Callable[[], object]], job: _Job) -> None:
@@ -304,20 +322,24 @@ def _quantize_stage(model: nn.Module, stage: list[str], runs: list[Callable[[], 
         errors = layer_output_error(w, q, hessian) / per, layer_output_error(w, rtn, hessian) / per
         job.results[name] = LayerResult(state, w, q, *errors, tokens)
         lin.weight.data = q.to(lin.weight.dtype).to(lin.weight.device)
+        job.bar.set_postfix_str(name, refresh=False)
+        job.bar.update(1)
 
 
 def _quantize_blocks(model: nn.Module, stages: list[list[str]], blocks: list[str], of: dict, batches, job) -> None:
     """Stages inside consecutive transformer blocks: each block is run on the outputs of the quantized
-    block before it (captured once at the first block), not the whole model again."""
+    block before it (every block's call captured once, at the start), not the whole model again."""
     first, last = blocks.index(of[stages[0][0]]), blocks.index(of[stages[-1][0]])
-    inputs = _block_inputs(model, model.get_submodule(blocks[first]), batches)
+    calls = _block_inputs(model, [model.get_submodule(b) for b in blocks[first : last + 1]], batches)
+    inputs = calls[0]
     for k in range(first, last + 1):
         block = model.get_submodule(blocks[k])
         runs = [partial(block, *a, **kw) for a, kw in inputs]
         for stage in (s for s in stages if of[s[0]] == blocks[k]):
             _quantize_stage(model, stage, runs, job)
         if k < last:
-            inputs = _replay(block, inputs)
+            inputs = _replay(block, inputs, calls[k + 1 - first])
+            calls[k + 1 - first] = []  # held once, as ``inputs``
 
 
 def quantize_layers(
@@ -332,21 +354,24 @@ def quantize_layers(
     """GPTQ of every layer in ``specs`` in forward order; each layer's Hessian comes from inputs through
     the layers before it as already quantized (their weights are replaced in place as the pass goes)."""
     batches = _batches(tokenizer, texts, max_length, next(model.parameters()).device)
-    job = _Job(specs, group_sizes, importance, [b["attention_mask"] for b in batches], {})
     was_training = model.training
     model.eval()
     stages = _stages(model, list(specs), batches[0])
     blocks, of = _blocks(model, list(specs))
+    # minutes at BERT-base size: the layers done and an ETA, cleared when the pass ends (as medret's other bars)
+    bar = tqdm(total=len(specs), desc="gptq", unit="layer", mininterval=2.0, leave=False)
+    job = _Job(specs, group_sizes, importance, [b["attention_mask"] for b in batches], {}, bar)
     pos = 0
-    while pos < len(stages):
-        if stages[pos][0] not in of:  # outside the blocks (e.g. a pooler): through the whole model
-            _quantize_stage(model, stages[pos], [partial(model, **b) for b in batches], job)
-            pos += 1
-            continue
-        end = pos
-        while end < len(stages) and stages[end][0] in of:
-            end += 1
-        _quantize_blocks(model, stages[pos:end], blocks, of, batches, job)
-        pos = end
+    with bar:
+        while pos < len(stages):
+            if stages[pos][0] not in of:  # outside the blocks (e.g. a pooler): through the whole model
+                _quantize_stage(model, stages[pos], [partial(model, **b) for b in batches], job)
+                pos += 1
+                continue
+            end = pos
+            while end < len(stages) and stages[end][0] in of:
+                end += 1
+            _quantize_blocks(model, stages[pos:end], blocks, of, batches, job)
+            pos = end
     model.train(was_training)
     return job.results

@@ -15,7 +15,7 @@ from medret.quant.bnb import dequantized_weight, replace_linear
 from medret.quant.embedding import QuantEmbedding, bnb_embedding, word_embeddings
 from medret.quant.linear import QuantLinear
 from medret.quant.registry import method, scheme
-from medret.quant.select import group_size_for, spec_for
+from medret.quant.select import architecture, group_size_for, spec_for
 from medret.quant.sizes import bytes_by_part, tensor_bytes
 from medret.quant.state import QuantState, dequantize
 
@@ -87,7 +87,7 @@ def quantize_embeddings(model: nn.Module, cfg: QuantConfig, device: torch.device
     """The word-embedding table with the run's scheme and bits (row-wise groups); returns its layer report."""
     found = word_embeddings(model)
     if found is None:
-        raise InputError("quant.embeddings=true: this model has no input embedding table to quantize")
+        raise InputError(f"quant.embeddings=true: this {architecture(model)} model has no input embedding table")
     name, emb = found
     spec = spec_for(name, cfg)
     w = emb.weight.detach().float().cpu()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from medret.quant.linear import QuantLinear
 from medret.quant.packing import unpack_codes
@@ -99,7 +100,9 @@ def mean_loss(model: nn.Module, batches: list[Batch]) -> float:
 def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int = 0) -> dict:
     """``steps`` Adam steps over the batches (seeded order, cosine-decayed ``lr``); returns the calibration loss
     (mean 1 - token cosine to fp32) before and after, and how many numbers were fitted. The model's packed
-    layers hold the fitted floats (rounded to what they store) afterwards."""
+    layers hold the fitted floats (rounded to what they store) afterwards, unless the fit ended with a higher
+    calibration loss than the rounding's (too few steps for ``lr``, or a rounding already at fp32's outputs):
+    then the rounding's floats are put back, ``reverted`` is true and ``loss_fitted`` is the fit's loss."""
     wrapped = {n: _Refining(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not wrapped:
         return {"steps": 0, "fitted_params": 0}
@@ -113,12 +116,18 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
     params += [p for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
+    stored = {name: {k: getattr(w.packed, k) for k in w.tuned} for name, w in wrapped.items()}  # write_back replaces
+    n_tuned = sum(len(w.tuned) for w in wrapped.values())
+    dense = [(p, p.detach().clone()) for p in params[n_tuned:]]  # biases and norms: updated in place
     was_training = model.training
     model.eval()  # no dropout: the targets are the fp32 model's eval outputs
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     rng = random.Random(seed)
     order: list[int] = []
+    # minutes at BERT-base size: steps, ETA and the loss (a running mean of the batches' losses), cleared at the end
+    bar = tqdm(total=steps, desc="refine", unit="step", mininterval=2.0, leave=False, postfix={"loss": f"{before:.4g}"})
+    running = before
     try:
         for _ in range(steps):
             if not order:
@@ -129,7 +138,11 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
             loss.backward()
             opt.step()
             sched.step()
+            running = 0.9 * running + 0.1 * loss.item()
+            bar.set_postfix(loss=f"{running:.4g}", refresh=False)
+            bar.update(1)
     finally:
+        bar.close()
         for name, w in wrapped.items():
             model.set_submodule(name, w.write_back(), strict=True)
         for n, p in model.named_parameters():
@@ -137,4 +150,13 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
         model.train(was_training)
     fitted = sum(p.numel() for p in params)
     after = mean_loss(model, batches)
-    return {"steps": steps, "lr": lr, "loss_before": before, "loss_after": after, "fitted_params": fitted}
+    report = {"steps": steps, "lr": lr, "loss_before": before, "loss_after": after, "fitted_params": fitted}
+    if after > before:  # the fit made the calibration outputs worse: keep the rounding's floats
+        for name, floats in stored.items():
+            for k, t in floats.items():
+                setattr(wrapped[name].packed, k, t)
+        with torch.no_grad():
+            for p, t in dense:
+                p.copy_(t)
+        report.update(loss_after=before, loss_fitted=after, reverted=True)
+    return report

@@ -18,7 +18,7 @@ def select_linears(model: nn.Module, cfg: QuantConfig) -> list[str]:
     for pattern in [*cfg.include, *cfg.overrides]:
         if not fnmatch.filter(names, pattern):
             raise InputError(
-                f"quant pattern {pattern!r} matches no nn.Linear module "
+                f"quant pattern {pattern!r} matches no nn.Linear module of this {architecture(model)} model "
                 f"(modules look like {names[0] if names else 'none'!r})"
             )
     return [
@@ -26,6 +26,11 @@ def select_linears(model: nn.Module, cfg: QuantConfig) -> list[str]:
         for n in names
         if any(fnmatch.fnmatch(n, p) for p in cfg.include) and not any(fnmatch.fnmatch(n, p) for p in cfg.exclude)
     ]
+
+
+def architecture(model: nn.Module) -> str:
+    """The model's type as its config names it (bert, modernbert, ...), for error lines."""
+    return str(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
 
 
 def spec_for(name: str, cfg: QuantConfig) -> QuantConfig:
