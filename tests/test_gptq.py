@@ -280,3 +280,10 @@ def test_calibration_seed_draws_another_sample_and_other_weights(tiny_bert):
     assert any(not torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
     with pytest.raises(InputError, match="quant.calibration_seed='x': expected an integer"):
         validate(QuantConfig(name="nf", bits=3, method="gptq", calibration_seed="x"))
+
+
+def test_a_gptq_run_that_cannot_fit_says_so_before_the_fp32_pass(tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDRET_AVAILABLE_MEMORY", "64K")  # the machine's figure replaced, as a shared node would
+    with pytest.raises(InputError, match=r"quant.method=gptq .* needs about .* of host memory"):
+        tiny_evaluate(tiny_bert, tmp_path, "quant=uniform", "quant.bits=3", "quant.method=gptq")
+    assert not list((tmp_path / "cache").rglob("*.npz"))  # no fp32 baseline was computed first

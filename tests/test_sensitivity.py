@@ -286,6 +286,7 @@ def test_bad_scan_options_are_one_error_line(tiny_bert, tmp_path):
         (["scan.bits=[1,4]"], "scan.bits=[1, 4]: expected distinct integer widths in 2..8"),
         (["quant=bnb_nf4"], "quant=bnb_nf4: the scan quantizes one layer at a time"),
         (["scan.layers=[nothing.*]"], "scan.layers: 'nothing.*' matches no quantized nn.Linear"),
+        (["quant.side=doc"], "quant.side=doc: the scan quantizes both encoders; use quant.side=both"),
     ):
         with pytest.raises(InputError, match=expected.replace("[", r"\[").replace("*", r"\*")):
             run_sensitivity(compose_scan(*base, *SCAN, *extra), tmp_path)

@@ -40,6 +40,7 @@ from medret.models.saving import save_quantized
 from medret.quant import (
     QuantPlan,
     calibration_corpus,
+    check_quant_memory,
     decode_resident,
     plan_quant,
     scheme,
@@ -172,12 +173,9 @@ def save_fp32_baseline(path: Path, out: Retrieval, j: Judgement) -> None:
     bl.save_baseline(path, j.qids, j.per_query, out.ranked_ids, out.query_emb, out.corpus.sample)
 
 
-def quantize_stage(retriever: Retriever, data, cfg: EvaluateConfig, plan: QuantPlan) -> tuple[dict, dict]:
+def quantize_stage(retriever: Retriever, cfg: EvaluateConfig, plan: QuantPlan, calibration) -> tuple[dict, dict]:
     """Quantize in place (only quant.side's encoders); returns (quant info for results.json, the quant part of
     cache keys)."""
-    calibration = None
-    if plan.needs_calibration:  # unlabelled corpus texts: Fisher weights, GPTQ's Hessians, refinement's targets
-        calibration = calibration_corpus(data.doc_texts, plan.config)
     info = quantize_sides(retriever, plan, calibration)
     if plan.config.save_dir and plan.config.name != "none":
         info["saved_to"] = str(save_quantized(retriever, Path(plan.config.save_dir), info))
@@ -372,8 +370,12 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     factory_string(cfg.index, retriever.doc.dim)  # index.m must divide the dim: known once the model loads
     identity = model_identity(retriever)
     check_scanned_weights(auto, identity)
+    calibration = None
+    if plan.needs_calibration:  # unlabelled corpus texts: Fisher weights, GPTQ's Hessians, refinement's targets
+        calibration = calibration_corpus(data.doc_texts, plan.config)
+        check_quant_memory(retriever, plan, calibration)  # a run that cannot fit says so before the fp32 pass
     base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity)
-    quant_info, qkey = quantize_stage(retriever, data, cfg, plan)
+    quant_info, qkey = quantize_stage(retriever, cfg, plan, calibration)
     if auto:  # the choice, its budget, and the bits/param the real quantization reached
         quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get("effective_bits_per_param")}
     key = run_key(identity, qkey, cfg.quant.side)

@@ -23,7 +23,7 @@ CALIBRATION = ("calibration_texts", "calibration_seed")  # which corpus texts a 
 REFINEMENT = ("refine_steps", "refine_lr")  # after rounding, by any method: the stored floats fitted to fp32
 GRID_SHAPE = ("granularity", "group_size", "outlier_fraction")  # every custom scheme's grid layout
 # options added after caches existed: at these values they stay out of identities, so older cache keys hold
-QUIET_DEFAULTS = {"embeddings": False, "calibration_seed": 0, "method": "rtn"}
+QUIET_DEFAULTS = {"embeddings": False, "calibration_seed": 0, "method": "rtn", "side": "both"}
 
 
 def as_config(cfg: Any) -> QuantConfig:

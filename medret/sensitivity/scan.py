@@ -63,6 +63,8 @@ def check_scan_options(cfg: SensitivityRootConfig) -> None:
     q = cfg.quant
     if scheme(q.name).kind != "custom":
         raise InputError(f"quant={q.name}: the scan quantizes one layer at a time with a custom scheme (e.g. uniform)")
+    if q.side != "both":  # the scan's drops are of the whole retriever, both sides quantized
+        raise InputError(f"quant.side={q.side}: the scan quantizes both encoders; use quant.side=both")
     if q.overrides or q.embeddings:
         raise InputError(
             "quant.overrides / quant.embeddings: the scan sets each layer's width itself; leave them unset"
