@@ -89,6 +89,11 @@ class QuantConfig:
     # and bits unchanged. 0 = off
     refine_steps: int = 0
     refine_lr: float = 1e-3
+    # before rounding (custom schemes, any method): none | hadamard (each linear's inputs rotated by a seeded
+    # random-sign block Hadamard, W x = (W R^T)(R x), so outlier columns spread; medret.quant.rotate). Stores a
+    # seed, no bits; per_forward decoding rotates the inputs at run time, decode=once folds R back
+    rotate: str = "none"
+    rotate_seed: int = 0  # which random signs (each layer's own, drawn from this seed and its name)
     # bitsandbytes
     threshold: float = 6.0  # LLM.int8 outlier threshold
     blocksize: int = 64
@@ -101,6 +106,13 @@ class QuantConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     save_dir: str | None = None  # write the quantized model here (safetensors); evaluate loads it
     embeddings: bool = False  # also quantize the word-embedding table (row-wise groups; bnb's own modules)
+    # quant.embeddings=true, custom schemes: the table's rows in frequency tiers (medret.quant.embedding_tiers).
+    # Rows ranked by how often the corpus calibration texts use their token; tier t (most frequent first) holds
+    # rows up to the cumulative share embedding_tiers[t] of the vocabulary and is stored at embedding_bits[t];
+    # a row never seen is in the last tier. e.g. [4,3,2] with [0.02,0.1]; [2] alone: every row at 2 bits.
+    # null: every row at the run's width (as before)
+    embedding_bits: list[int] | None = None
+    embedding_tiers: list[float] | None = None
     # custom schemes: decode the packed weights once after quantizing (runs at fp32 speed), or on every
     # forward (per_forward: only the packed codes stay resident; for memory measurements)
     decode: str = "once"
@@ -112,6 +124,9 @@ class QuantConfig:
     # quant=auto on another grid than the scan's, e.g. {name: kmeans, granularity: channel}: each width priced by
     # what this grid stores, the drops still the scan's (an approximation the evaluate run then measures)
     grid: Any = None  # a mapping (Any: so the command line can set it without a leading +)
+    # quant=auto: what target_bits averages over: linears (the scanned linears, as before) | model (every parameter
+    # of the model: the word-embedding table's tiers chosen with the linears, the rest counted as stored)
+    budget_over: str = "linears"
     # which encoder is quantized: both | query | doc. One side only (a query/doc pair, or a symmetric model whose
     # quantized side gets its own copy): the other side runs fp32 and reuses the fp32 baseline's cached embeddings
     side: str = "both"
@@ -233,6 +248,12 @@ class TrainConfig:
     lora_r: int = 16  # qlora: adapter rank
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
+    # distill: the quantized student (quant=..., from its GPTQ/RTN rounding) against the fp32 teacher on corpus texts
+    distill_texts: int = 2048  # seeded sample of corpus texts trained on (never queries)
+    distill_dev_texts: int = 200  # held-out corpus texts: teacher-student embedding cosine picks the best step
+    distill_token_weight: float = 1.0  # 1 - token-output cosine to the teacher (as quant.refine_steps)
+    distill_similarity_weight: float = 1.0  # MSE between in-batch cosine-similarity matrices (what ranking reads)
+    distill_latent_lr: float = 0.05  # latent weights' lr, in level gaps of their group (0: codes fixed)
 
 
 @dataclass

@@ -377,7 +377,8 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity)
     quant_info, qkey = quantize_stage(retriever, cfg, plan, calibration)
     if auto:  # the choice, its budget, and the bits/param the real quantization reached
-        quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get("effective_bits_per_param")}
+        achieved = "effective_bits_per_param_all" if auto.get("budget_over") == "model" else "effective_bits_per_param"
+        quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get(achieved)}
     key = run_key(identity, qkey, cfg.quant.side)
     if cfg.cache.only_shard is not None:
         return encode_only(retriever, data, cfg, root, key, run_dir)

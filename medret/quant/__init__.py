@@ -17,6 +17,7 @@ from typing import Any
 from medret.quant.apply import layer_specs, quantize_model
 from medret.quant.checks import validate
 from medret.quant.corpus import calibration_corpus, seeded_sample
+from medret.quant.embedding import TieredEmbedding
 from medret.quant.layers import decode_once, state_bytes
 from medret.quant.linear import PackedModule
 from medret.quant.memory import check_memory
@@ -50,6 +51,12 @@ def _packed_info(encoders: list) -> dict[str, Any]:
         for e in encoders
         for m in e.model.modules()
         if isinstance(m, PackedModule)
+    ]
+    packed += [
+        (m.effective_bits(), m.num_embeddings * m.embedding_dim)
+        for e in encoders
+        for m in e.model.modules()
+        if isinstance(m, TieredEmbedding)
     ]
     if not packed:
         return {"effective_bits_per_param": 32.0}

@@ -11,11 +11,11 @@ from torch import nn
 
 from medret.config import QuantConfig
 from medret.errors import InputError
-from medret.quant import refine
+from medret.quant import embedding_tiers, refine, rotate
 from medret.quant.bnb import EMBEDDING_BLOCKSIZE, check_row_blocks, probe_compute_dtype
 from medret.quant.embedding import word_embeddings
 from medret.quant.fisher import squared_gradients
-from medret.quant.layers import bnb_layer, custom_layer, decode_once, quantize_embeddings, quantize_weight, state_bytes
+from medret.quant.layers import bnb_layer, custom_layer, decode_once, quantize_weight, state_bytes
 from medret.quant.memory import check_memory
 from medret.quant.options import as_config, drop_unused_bits
 from medret.quant.registry import method, scheme
@@ -85,6 +85,7 @@ def quantize_model(
     if (need_fisher or cfg.refine_steps or by_method) and not calibration:
         raise InputError(f"quant={cfg.name} method={cfg.method}: no calibration texts (the corpus is empty)")
     check_memory(model, tokenizer, specs, cfg, calibration, max_length)  # GPTQ's and refinement's peak, up front
+    rotate.check_layers(model, specs)
     _check_bnb_blocks(model, specs, cfg, device)
     targets = refine.targets(model, tokenizer, calibration, max_length) if cfg.refine_steps else None  # fp32's
     importance: dict[str, torch.Tensor] = {}
@@ -93,9 +94,15 @@ def quantize_model(
     passes = _by_model_pass(specs)
     in_pass = {n for group in passes.values() for n in group}
     layers, compute_dtype = _round_each(model, {n: s for n, s in specs.items() if n not in in_pass}, device, importance)
-    embedding = quantize_embeddings(model, cfg, device) if cfg.embeddings else None  # before a pass reads inputs
+    embedding = None  # before a pass reads inputs; frequency tiers (quant.embedding_bits) count tokens of the texts
+    if cfg.embeddings:
+        embedding = embedding_tiers.quantize_table(model, tokenizer, cfg, device, calibration, max_length)
     for name, group in passes.items():
         layers += method(name).model_pass(model, tokenizer, group, calibration, max_length, importance)
+        for layer, spec in group.items():  # the pass rounded W R^T (and left it packed): R goes around it
+            rot = rotate.rotation_for(layer, model.get_submodule(layer).in_features, spec)
+            if rot is not None:
+                rotate.wrap(model, layer, rot)
     if passes:
         order = list(specs)
         layers.sort(key=lambda x: order.index(x["name"]))

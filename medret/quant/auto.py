@@ -2,7 +2,11 @@
 average-bits budget, turned into the ordinary ``quant.overrides`` before anything is quantized.
 
 The budget is effective bits per parameter over the scanned (quantized) linears, each width priced by the
-storage the scan measured for it (codes + codebooks + scales of the scan's scheme). The loss minimised is
+storage the scan measured for it (codes + codebooks + scales of the scan's scheme). With
+``quant.budget_over=model`` (a scan with ``scan.embeddings=true``) it is over every parameter of the model:
+the word-embedding table's frequency tiers are items of the knapsack beside the linears (each tier's width
+priced by its bytes and its measured drop), and what no choice changes (biases, norms, position embeddings,
+the row -> tier map) is counted as stored, so the budget is the whole model's bits per parameter. The loss minimised is
 the sum of the single-layer drops the scan measured (``quant.sensitivity_measure``): additivity across
 layers is an assumption, checked by evaluating the choice. Solver: ``medret.quant.budget`` (exact DP).
 """
@@ -34,6 +38,7 @@ from medret.storage import write_atomic
 SCAN_FORMAT = "medret-sensitivity/1"
 MEASURES = {"fidelity": "fidelity_drop", "ndcg": "ndcg_drop"}  # quant.sensitivity_measure -> scan curve key
 CHOICE_FILE = Path("quant") / "auto_choice.yaml"  # in the run dir: a quant group file (hydra.searchpath)
+BUDGETS = {"linears": "the scanned linears", "model": "every parameter of the model"}  # quant.budget_over
 
 
 def _unresolved(cfg: QuantConfig) -> None:
@@ -50,7 +55,7 @@ AUTO = register(
         "auto",
         check=_unresolved,
         qat=False,
-        options=("target_bits", "sensitivity", "sensitivity_measure", "grid"),
+        options=("target_bits", "sensitivity", "sensitivity_measure", "grid", "budget_over"),
         rounds_to_grid=False,
     )
 )
@@ -74,6 +79,8 @@ def read_scan(cfg: QuantConfig, model_path: str, revision: str | None) -> dict[s
         raise InputError(f"quant.target_bits={cfg.target_bits}: quant=auto needs a budget in bits/param (e.g. 3.0)")
     if cfg.sensitivity_measure not in MEASURES:
         raise InputError(f"quant.sensitivity_measure={cfg.sensitivity_measure!r}: expected {' or '.join(MEASURES)}")
+    if cfg.budget_over not in BUDGETS:
+        raise InputError(f"quant.budget_over={cfg.budget_over!r}: expected linears or model (every parameter)")
     if not cfg.sensitivity:
         raise InputError("quant.sensitivity: quant=auto needs the sensitivity.json a scan wrote (medret.sensitivity)")
     path = Path(cfg.sensitivity)
@@ -93,26 +100,51 @@ def read_scan(cfg: QuantConfig, model_path: str, revision: str | None) -> dict[s
             f"quant.sensitivity={path}: scanned model.path={scanned.get('path')} (revision {scanned.get('revision')}),"
             f" this run's is {model_path} (revision {revision}); scan this model first"
         )
+    if cfg.budget_over == "model" and not (scan.get("embedding") and scan.get("model_size")):
+        raise InputError(
+            f"quant.budget_over=model: {path} has no word-embedding table points; scan with scan.embeddings=true"
+        )
     return scan
 
 
-def _curves(scan: dict, measure: str) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """(layer names, widths, costs in stored bits, losses, params) as [layers, widths] arrays."""
+def items(scan: dict, over: str) -> list[dict]:
+    """The knapsack's items: the scanned linears, then (budget over the model) the table's frequency tiers."""
+    return scan["layers"] + (scan["embedding"]["groups"] if over == "model" else [])
+
+
+def fixed_cost(scan: dict, over: str) -> tuple[float, float]:
+    """(bits every choice stores alike, the parameters the budget averages over)."""
+    if over == "linears":
+        return 0.0, float(sum(layer["params"] for layer in scan["layers"]))
+    fixed = scan["model_size"]["fixed_bytes"] + scan["embedding"]["index_bytes"]
+    return 8.0 * fixed, float(scan["model_size"]["params_all"])
+
+
+def _curves(
+    scan: dict, measure: str, over: str = "linears"
+) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(item names, widths, costs in stored bits, losses, params) as [items, widths] arrays."""
     bits = [int(b) for b in scan["bits"]]
-    names = [layer["name"] for layer in scan["layers"]]
-    params = np.array([layer["params"] for layer in scan["layers"]], np.float64)
-    curve = [[layer["curve"][str(b)] for b in bits] for layer in scan["layers"]]
+    its = items(scan, over)
+    names = [layer["name"] for layer in its]
+    params = np.array([layer["params"] for layer in its], np.float64)
+    curve = [[layer["curve"][str(b)] for b in bits] for layer in its]
     costs = np.array([[c["effective_bits"] for c in row] for row in curve]) * params[:, None]
     losses = np.array([[c[MEASURES[measure]] for c in row] for row in curve], np.float64)
     return names, bits, costs, losses, params
 
 
 def regrid(
-    scan: dict, grid: Any, model_path: str, revision: str | None, model_dir: Callable[[], str]
+    scan: dict,
+    grid: Any,
+    model_path: str,
+    revision: str | None,
+    model_dir: Callable[[], str],
+    over: str = "linears",
 ) -> dict[str, Any]:
     """The scan with its scheme replaced by ``quant.grid`` and every (layer, width) priced by what that grid
     stores for the layer's shape (a seeded random weight quantized at that width; storage depends on the
-    shape, not the values). The drops stay the scan's."""
+    shape, not the values); the table's tiers too when the budget is over the model. The drops stay the scan's."""
     if not isinstance(grid, dict):
         raise InputError(f"quant.grid={grid!r}: expected a mapping of scheme options, e.g. {{name:kmeans}}")
     keys = grid_keys()
@@ -125,6 +157,8 @@ def regrid(
         raise InputError(f"quant.grid: name={base.name!r} is not a custom scheme ({', '.join(names('custom'))})")
     for b in scan["bits"]:
         validate(replace(base, bits=int(b)))
+    if over == "model" and base.granularity == "tensor":
+        raise InputError("quant.grid: granularity=tensor cannot store the table's tiers (row-wise groups needed)")
     shapes = layer_shapes([layer["name"] for layer in scan["layers"]], model_path, revision, model_dir)
     priced: dict[tuple, float] = {}  # (shape, width) -> effective bits: a model has few distinct shapes
     layers = []
@@ -137,7 +171,28 @@ def regrid(
                 priced[shape, b] = quantize_weight(w, spec, group_size_for(w, spec, layer["name"])).effective_bits()
             curve[b] = {**point, "effective_bits": priced[shape, b]}
         layers.append({**layer, "curve": curve})
-    return {**scan, "quant": {**scan["quant"], **grid}, "layers": layers}
+    out = {**scan, "quant": {**scan["quant"], **grid}, "layers": layers}
+    if over == "model":
+        out["embedding"] = _regrid_table(scan["embedding"], base)
+    return out
+
+
+def _regrid_table(emb: dict, base: QuantConfig) -> dict:
+    """Each tier of the table priced by what ``base`` stores for that many rows at each width."""
+    groups = []
+    for g in emb["groups"]:
+        curve = {}
+        for b, point in g["curve"].items():
+            if g["rows"]:
+                w = torch.randn(g["rows"], emb["dim"], generator=torch.Generator().manual_seed(0))
+                spec = replace(base, bits=int(b), kmeans_iters=1)
+                point = {
+                    **point,
+                    "effective_bits": quantize_weight(w, spec, group_size_for(w, spec, emb["name"])).effective_bits(),
+                }
+            curve[b] = point
+        groups.append({**g, "curve": curve})
+    return {**emb, "groups": groups}
 
 
 def layer_shapes(
@@ -159,32 +214,48 @@ def layer_shapes(
     return {n: tuple(modules[n].weight.shape) for n in layer_names}
 
 
-def choose_bits(scan: dict, target_bits: float, measure: str, where: str) -> dict[str, Any]:
-    """Bits per layer for the budget; the predicted bits/param and drop of the choice."""
-    names, bits, costs, losses, params = _curves(scan, measure)
-    total = params.sum()
-    low, high = costs.min(axis=1).sum() / total, costs.max(axis=1).sum() / total
+def choose_bits(scan: dict, target_bits: float, measure: str, where: str, over: str = "linears") -> dict[str, Any]:
+    """Bits per layer (and per tier of the table, budget over the model) for the budget; the predicted
+    bits/param and drop of the choice."""
+    names, bits, costs, losses, params = _curves(scan, measure, over)
+    fixed, total = fixed_cost(scan, over)
+    low, high = (costs.min(axis=1).sum() + fixed) / total, (costs.max(axis=1).sum() + fixed) / total
     if not low <= target_bits <= high:
         raise InputError(
             f"quant.target_bits={target_bits}: out of range for {where}: its widths {bits} give "
-            f"{low:.4f} to {high:.4f} effective bits/param"
+            f"{low:.4f} to {high:.4f} effective bits/param over {BUDGETS[over]}"
         )
-    picks = choose_options(costs, losses, target_bits * total)
+    picks = choose_options(costs, losses, target_bits * total - fixed)
     rows = range(len(names))
-    return {
-        "bits_per_layer": {n: bits[j] for n, j in zip(names, picks)},
-        "predicted_bits_per_param": float(sum(costs[i, j] for i, j in zip(rows, picks)) / total),
+    n_linears = len(scan["layers"])
+    out = {
+        "budget_over": over,
+        "bits_per_layer": {n: bits[j] for n, j in zip(names[:n_linears], picks)},
+        "predicted_bits_per_param": float((sum(costs[i, j] for i, j in zip(rows, picks)) + fixed) / total),
         "predicted_drop": float(sum(losses[i, j] for i, j in zip(rows, picks))),
         "bits_range": [float(low), float(high)],
     }
+    if over == "model":  # the table's widths, most frequent tier first; what no choice changes
+        out["embedding_bits"] = [bits[j] for j in picks[n_linears:]]
+        out["embedding_tiers"] = list(scan["embedding"]["tiers"])
+        out["fixed_bits_per_param"] = float(fixed / total)
+        out["predicted_model_bytes"] = int(round((sum(costs[i, j] for i, j in zip(rows, picks)) + fixed) / 8))
+    return out
 
 
-def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) -> QuantConfig:
-    """The scan's scheme with the chosen widths: the commonest width on top, the others as exact-name overrides."""
+def choice_config(
+    scan: dict, bits_per_layer: dict[str, int], run: QuantConfig, embedding_bits: list[int] | None = None
+) -> QuantConfig:
+    """The scan's scheme with the chosen widths: the commonest width on top, the others as exact-name overrides;
+    with ``embedding_bits`` the table in the scan's frequency tiers at those widths."""
     counts = collections.Counter(bits_per_layer.values())
     top = max(sorted(counts), key=lambda b: counts[b])  # ties: the lowest width
     fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
     overrides = {name: {"bits": b} for name, b in bits_per_layer.items() if b != top}
+    table = {}
+    if embedding_bits is not None:
+        tiers = list(scan["embedding"]["tiers"])
+        table = {"embeddings": True, "embedding_bits": list(embedding_bits), "embedding_tiers": tiers or None}
     # the scan measured round-to-nearest; how the chosen widths are rounded and refined is the run's
     return replace(
         QuantConfig(**fields),
@@ -194,12 +265,15 @@ def choice_config(scan: dict, bits_per_layer: dict[str, int], run: QuantConfig) 
         target_bits=None,
         sensitivity=None,
         grid=None,
+        budget_over="linears",
+        **table,
     )
 
 
 def choice_yaml(cfg: QuantConfig, info: dict, run_dir: Path) -> str:
     header = (
-        f"# quant=auto: bits per layer for {info['target_bits']} bits/param from {info['sensitivity']}\n"
+        f"# quant=auto: bits per layer for {info['target_bits']} bits/param over {BUDGETS[info['budget_over']]}"
+        f" from {info['sensitivity']}\n"
         f"# (measure {info['measure']}{'; grid ' + str(info['grid']) if info.get('grid') else ''};"
         f" predicted {info['predicted_bits_per_param']:.4f} bits/param).\n"
         f"# The same weights again: evaluate.py hydra.searchpath=[file://{Path(run_dir).resolve()}] quant=auto_choice\n"
@@ -218,21 +292,22 @@ def resolve_auto(
         return cfg, None
     scan = read_scan(cfg, model_path, revision)
     if cfg.grid:
-        scan = regrid(scan, cfg.grid, model_path, revision, model_dir)
+        scan = regrid(scan, cfg.grid, model_path, revision, model_dir, cfg.budget_over)
     info = {
         "target_bits": cfg.target_bits,
         "sensitivity": str(cfg.sensitivity),
         "measure": cfg.sensitivity_measure,
         **({"grid": dict(cfg.grid), "priced_by": "quant.grid's storage per layer shape"} if cfg.grid else {}),
         "solver": f"multiple-choice knapsack: DP over {DEFAULT_STEPS} units of the headroom; drops assumed additive",
-        **choose_bits(scan, cfg.target_bits, cfg.sensitivity_measure, str(cfg.sensitivity)),
+        **choose_bits(scan, cfg.target_bits, cfg.sensitivity_measure, str(cfg.sensitivity), cfg.budget_over),
+        "scan_rounding": scan.get("rounding", {}).get("method", "rtn"),  # the points' rounding; the run's is its own
         "scanned_weights": scan["model"].get("weights"),
         # scan.dev=holdout drew its dev queries from a split: a report on that split leaves those ids out
         "scan_dev": {k: scan.get("dev", {}).get(k) for k in ("mode", "data", "queries", "query_ids")},
     }
     if info["scan_dev"]["mode"] != "holdout":
         info["scan_dev"].pop("query_ids")
-    concrete = choice_config(scan, info["bits_per_layer"], cfg)
+    concrete = choice_config(scan, info["bits_per_layer"], cfg, info.get("embedding_bits"))
     if run_dir is not None:
         write_choice(concrete, info, Path(run_dir))
     return concrete, info

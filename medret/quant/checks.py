@@ -11,6 +11,7 @@ from medret.errors import InputError
 from medret.quant.bnb import BNB_DEVICES
 from medret.quant.options import as_config, needs_calibration
 from medret.quant.registry import method, names, scheme
+from medret.quant.rotate import KINDS
 
 
 def _check_custom(cfg: QuantConfig) -> None:
@@ -57,6 +58,25 @@ def _check_calibration(cfg: QuantConfig) -> None:
         raise InputError(f"quant.calibration_seed={cfg.calibration_seed!r}: expected an integer")
 
 
+def _check_rotate(cfg: QuantConfig, kind: str) -> None:
+    if cfg.rotate not in KINDS:
+        raise InputError(f"quant.rotate={cfg.rotate!r}: expected {' or '.join(KINDS)}")
+    if isinstance(cfg.rotate_seed, bool) or not isinstance(cfg.rotate_seed, int):
+        raise InputError(f"quant.rotate_seed={cfg.rotate_seed!r}: expected an integer")
+    if cfg.rotate == "none" or kind == "none":  # none: the module is left as it is, rotated or not
+        return
+    if kind != "custom":
+        raise InputError(
+            f"quant.rotate={cfg.rotate}: rotates the weights the custom schemes ({', '.join(names('custom'))}) "
+            f"round, not quant={cfg.name}"
+        )
+    fisher = [n for n in (cfg.name, cfg.base) if n is not None and scheme(n).calibrated]
+    if fisher:  # squared gradients are of the original weights: no exact counterpart in the rotated basis
+        raise InputError(
+            f"quant.rotate={cfg.rotate}: {fisher[0]}'s Fisher weights are of unrotated weights; use rotate=none"
+        )
+
+
 def _check_placement(cfg: QuantConfig, kind: str) -> None:
     if cfg.grid is not None:  # quant=auto resolves it into the concrete scheme before any check
         raise InputError(f"quant.grid: only quant=auto takes a grid (this run's scheme is quant={cfg.name})")
@@ -85,6 +105,10 @@ def validate(cfg: QuantConfig, device: str = "auto") -> None:
     if s.check is not None:
         s.check(cfg)
     _check_placement(cfg, s.kind)
+    _check_rotate(cfg, s.kind)
+    from medret.quant.embedding_tiers import check_embedding_options  # imports layers: late
+
+    check_embedding_options(cfg)
     for pattern, spec in cfg.overrides.items():
         if not isinstance(spec, dict) or not set(spec) <= set(QuantConfig.__dataclass_fields__):
             raise InputError(f"quant.overrides[{pattern!r}]: expected a mapping of quant options, got {spec!r}")

@@ -14,7 +14,9 @@ layers are already quantized, true-sequentially: query/key/value (one shared inp
 attention output, then the feed-forward layers. Each transformer block is run on the outputs of the
 quantized block before it, with that block's own masks and position embeddings (the model is run once, to
 the last block, to capture every block's call), every run stopped at the layer being captured; layers outside
-the blocks (ELECTRA's embedding projection, a pooler) are captured through the whole model.
+the blocks (ELECTRA's embedding projection, a pooler) are captured through the whole model. Under
+quant.rotate a layer is rounded in its rotated basis (W R^T against R H R^T, ``medret.quant.rotate``) and the
+pass goes on through Q R, the same function in the original basis.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from medret.errors import InputError
 from medret.quant.registry import scheme
+from medret.quant.rotate import rotation_for
 from medret.quant.select import architecture
 from medret.quant.state import QuantState, dequantize, make_state
 
@@ -159,7 +162,7 @@ class _Captured(Exception):
 @dataclass
 class LayerResult:
     state: QuantState
-    weight: torch.Tensor  # the original weights, for the error report
+    weight: torch.Tensor  # the original weights (rotated: W R^T, the basis of state), for the error report
     decoded: torch.Tensor  # dequantize(state)
     output_error: float  # calibration ||XW^T - XQ^T||^2 / tokens / out
     output_error_rtn: float  # the same for the scheme's round-to-nearest (what GPTQ is measured against)
@@ -313,15 +316,19 @@ def _quantize_stage(model: nn.Module, stage: list[str], runs: list[Callable[[], 
     hessian = hessian.cpu()
     for name in stage:
         lin, spec, gs = model.get_submodule(name), job.specs[name], job.group_sizes[name]
-        w = lin.weight.detach().float().cpu()
+        w, h = lin.weight.detach().float().cpu(), hessian
+        rot = rotation_for(name, w.shape[1], spec)
+        if rot is not None:  # W R^T against the Hessian of R x: R H R^T (output errors are the same there)
+            w, h = rot.apply(w), rot.hessian(hessian)
         imp = job.importance.get(name)
         imp = None if imp is None else imp.float().cpu()
-        state = gptq_quantize(w, hessian, spec, gs, imp, spec.gptq_damp, spec.act_order)
+        state = gptq_quantize(w, h, spec, gs, imp, spec.gptq_damp, spec.act_order)
         q, rtn = dequantize(state), dequantize(scheme(spec.name).quantize(w, spec, gs, imp))
         per = 2.0 * w.shape[0]  # H = 2 X^T X / tokens: per token and output
-        errors = layer_output_error(w, q, hessian) / per, layer_output_error(w, rtn, hessian) / per
+        errors = layer_output_error(w, q, h) / per, layer_output_error(w, rtn, h) / per
         job.results[name] = LayerResult(state, w, q, *errors, tokens)
-        lin.weight.data = q.to(lin.weight.dtype).to(lin.weight.device)
+        # the later layers' inputs come through this one as rounded, in the original basis: Q R on x
+        lin.weight.data = (q if rot is None else rot.apply_t(q)).to(lin.weight.dtype).to(lin.weight.device)
         job.bar.set_postfix_str(name, refresh=False)
         job.bar.update(1)
 

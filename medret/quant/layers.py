@@ -12,9 +12,10 @@ from medret.config import QuantConfig
 from medret.errors import InputError
 from medret.quant import outliers
 from medret.quant.bnb import dequantized_weight, replace_linear
-from medret.quant.embedding import QuantEmbedding, bnb_embedding, word_embeddings
+from medret.quant.embedding import QuantEmbedding, TieredEmbedding, bnb_embedding, word_embeddings
 from medret.quant.linear import QuantLinear
 from medret.quant.registry import method, scheme
+from medret.quant.rotate import RotatedLinear, rotation_for, unrotated_weight
 from medret.quant.select import architecture, group_size_for, spec_for
 from medret.quant.sizes import bytes_by_part, tensor_bytes
 from medret.quant.state import QuantState, dequantize
@@ -57,10 +58,14 @@ def bnb_layer(name: str, lin: nn.Linear, spec: QuantConfig, device: torch.device
 def custom_layer(
     name: str, lin: nn.Linear, spec: QuantConfig, device: torch.device, importance: torch.Tensor | None
 ) -> tuple[nn.Module, dict]:
-    w = lin.weight.detach()
+    w = lin.weight.detach().cpu()
     gs = group_size_for(w, spec, name)
-    state = quantize_weight(w.cpu(), spec, gs, importance)
-    return QuantLinear.from_state(state, lin.bias).to(device), layer_report(name, spec, gs, w.cpu(), state)
+    rot = rotation_for(name, lin.in_features, spec)
+    if rot is not None:  # rounded in the rotated basis; its errors are the same there (R is orthogonal)
+        w = rot.apply(w.float())
+    state = quantize_weight(w, spec, gs, importance)
+    new = QuantLinear.from_state(state, lin.bias).to(device)
+    return (new if rot is None else RotatedLinear(new, rot)), layer_report(name, spec, gs, w, state)
 
 
 def layer_report(
@@ -77,6 +82,7 @@ def layer_report(
         "method": spec.method,
         "bits": spec.bits,
         "group_size": group_size,
+        **({} if spec.rotate == "none" else {"rotate": spec.rotate}),
         "effective_bits": state.effective_bits(),
         "params": w.numel(),
         **error_stats(w, dequantize(state) if decoded is None else decoded),
@@ -120,9 +126,23 @@ def state_bytes(model: nn.Module) -> int:
 
 def decode_once(model: nn.Module) -> int:
     """Replace each packed QuantLinear / QuantEmbedding by a dense fp32 module of its decoded weights:
-    the same numbers the per-forward decode gives, without decoding on every batch. Returns how many."""
+    the same numbers the per-forward decode gives, without decoding on every batch; a rotated layer's
+    rotation folded back into its weight (Q R on x: no run-time rotation). Returns how many."""
     n = 0
     for name, mod in list(model.named_modules()):
+        if isinstance(mod, RotatedLinear) and isinstance(mod.inner, QuantLinear):
+            inner = mod.inner
+            dense = nn.Linear(inner.in_features, inner.out_features, bias=inner.bias is not None)
+            if inner.bias is not None:
+                dense.bias.data = inner.bias.detach().float().clone()
+            dense.weight.data = unrotated_weight(mod, dequantize(inner.state()))
+            model.set_submodule(name, dense.requires_grad_(False).to(inner.codebook.device), strict=True)
+            n += 1
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, TieredEmbedding):
+            model.set_submodule(name, mod.dense(), strict=True)
+            n += 1
+            continue
         if isinstance(mod, QuantLinear):
             dense = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
             if mod.bias is not None:

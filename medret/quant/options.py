@@ -22,8 +22,11 @@ PLACEMENT = ("save_dir", "decode")  # where the weights are saved and when decod
 CALIBRATION = ("calibration_texts", "calibration_seed")  # which corpus texts a calibrated quantization reads
 REFINEMENT = ("refine_steps", "refine_lr")  # after rounding, by any method: the stored floats fitted to fp32
 GRID_SHAPE = ("granularity", "group_size", "outlier_fraction")  # every custom scheme's grid layout
+ROTATION = ("rotate", "rotate_seed")  # before rounding, by any method: the basis the weights are rounded in
 # options added after caches existed: at these values they stay out of identities, so older cache keys hold
 QUIET_DEFAULTS = {"embeddings": False, "calibration_seed": 0, "method": "rtn", "side": "both"}
+QUIET_DEFAULTS |= {"rotate": "none", "rotate_seed": 0}
+QUIET_DEFAULTS |= {"embedding_bits": None, "embedding_tiers": None}
 
 
 def as_config(cfg: Any) -> QuantConfig:
@@ -42,6 +45,8 @@ def quant_identity(cfg) -> dict:
     if d["refine_steps"] == 0:  # keeps the cache keys of runs from before refinement existed
         drop |= set(REFINEMENT)
     drop |= {k for k, quiet in QUIET_DEFAULTS.items() if d[k] == quiet}
+    if d["rotate"] == "none":  # no rotation: its seed draws nothing
+        drop.add("rotate_seed")
     return {k: v for k, v in d.items() if k not in drop}
 
 
@@ -53,7 +58,7 @@ def grid_keys() -> tuple[str, ...]:
 
 def run_fields() -> tuple[str, ...]:
     """How quant=auto's chosen widths are rounded, refined and kept: the run's own options, never the scan's."""
-    return (*PLACEMENT, "method", *CALIBRATION, *method_options(), *REFINEMENT)
+    return (*PLACEMENT, "method", *CALIBRATION, *method_options(), *REFINEMENT, *ROTATION)
 
 
 def module_specs(cfg) -> list[QuantConfig]:
@@ -71,6 +76,8 @@ def spec_calibrated(spec: QuantConfig) -> bool:
 def needs_calibration(cfg) -> bool:
     """Whether any module (top level or an override) reads corpus texts: Fisher weights, GPTQ's Hessians or
     refinement's fp32 targets."""
+    if as_config(cfg).embeddings and as_config(cfg).embedding_bits:  # frequency tiers: the texts' token counts
+        return True
     return as_config(cfg).refine_steps > 0 or any(spec_calibrated(spec) for spec in module_specs(cfg))
 
 

@@ -2,7 +2,8 @@
 without re-quantizing.
 
 A saved folder is an HF dir (config.json, tokenizer) plus ``model.safetensors`` holding the packed
-codes, codebooks, scales and outliers, and ``medret_quant.json`` naming the quantized modules.
+codes, codebooks, scales and outliers, and ``medret_quant.json`` naming the quantized modules (and, under
+quant.rotate, each rotated layer's seed and sizes: its packed module is ``<name>.inner``).
 Writing the folder is ``medret.models.saving``'s job (it owns model folders); this module only
 describes and rebuilds the quantized modules.
 """
@@ -17,7 +18,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 from medret.errors import InputError
-from medret.quant.embedding import QuantEmbedding
+from medret.quant import rotate
+from medret.quant.embedding import QuantEmbedding, TieredEmbedding
 from medret.quant.linear import QuantLinear
 from medret.quant.state import QuantState
 
@@ -46,6 +48,8 @@ def packed_modules(model: torch.nn.Module) -> dict[str, dict]:
                 "tensors": present,
                 "dtypes": {n: str(getattr(mod, n).dtype).removeprefix("torch.") for n in present},
             }
+        elif isinstance(mod, TieredEmbedding):
+            modules[name] = mod.manifest_entry()
         elif type(mod).__module__.startswith("bitsandbytes"):
             raise InputError("quant.save_dir: bitsandbytes models are not saved by medret (only custom schemes)")
     return modules
@@ -53,17 +57,24 @@ def packed_modules(model: torch.nn.Module) -> dict[str, dict]:
 
 def manifest(model: torch.nn.Module, quant_info: dict) -> str:
     info = {k: v for k, v in quant_info.items() if k != "layers"}
-    return json.dumps({"quant": info, "modules": packed_modules(model)}, indent=1)
+    rotated = rotate.rotations(model)
+    return json.dumps(
+        {"quant": info, "modules": packed_modules(model), **({"rotations": rotated} if rotated else {})}, indent=1
+    )
 
 
 def load_quantized(path: str, trust_remote_code: bool = False) -> torch.nn.Module:
     root = Path(path)
     saved = json.loads((root / MANIFEST).read_text())
     model = AutoModel.from_config(AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code))
+    rotate.restore(model, saved.get("rotations", {}), str(root / MANIFEST))
     modules = dict(model.named_modules())
     for name, spec in saved["modules"].items():
         if name not in modules:
             raise InputError(f"{root / MANIFEST}: module {name!r} not in the model built from config.json")
+        if spec.get("kind") == "tiered_embedding":
+            model.set_submodule(name, TieredEmbedding.from_manifest(spec), strict=True)
+            continue
         if spec.get("kind") == "embedding":
             mod = QuantEmbedding(spec["out"], spec["in"], spec["bits"], spec["group_size"], spec["padding_idx"])
         else:

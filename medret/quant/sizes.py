@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medret.quant.embedding import word_embeddings
+from medret.quant.embedding import TieredEmbedding, word_embeddings
 from medret.quant.linear import PackedModule, QuantLinear
 
 PARTS = ("linear", "embeddings", "other")
@@ -48,9 +48,12 @@ def bytes_by_part(model: nn.Module) -> dict[str, int]:
 
 
 def param_count(model: nn.Module) -> int:
-    """Parameters as an fp32 model has them: a packed module (loaded from quant.save_dir) counts its weight."""
+    """Parameters as an fp32 model has them: a packed module (loaded from quant.save_dir, or a tiered embedding
+    table) counts its weight."""
     n = sum(p.numel() for p in model.parameters())
     for m in model.modules():
         if isinstance(m, PackedModule) and m.planes is not None:
             n += m.state().numel
+        elif isinstance(m, TieredEmbedding):
+            n += m.num_embeddings * m.embedding_dim
     return n

@@ -20,6 +20,12 @@ class ScanConfig:
     dev_corpus: int | None = 1000
     fidelity_texts: int = 256  # seeded corpus texts for the label-free measure (embedding cosine to fp32)
     layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch over the quantized linears (partial scans)
+    # also the word-embedding table, its rows in frequency tiers as quant.embedding_tiers cuts them (ranked by
+    # token count in the calibration texts; tier t ends at the cumulative vocabulary share embedding_tiers[t];
+    # rows never seen are last): each tier alone at each width, so quant=auto quant.budget_over=model can choose
+    # the table's widths with the linears' under one budget over every parameter
+    embeddings: bool = False
+    embedding_tiers: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.3])
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""The scan: each quantizable linear alone at each width, measured against fp32 on the dev set.
+"""The scan: each quantizable linear alone at each width, measured against fp32 on the dev set; with
+``scan.embeddings=true`` each frequency tier of the word-embedding table too (``medret.sensitivity.table``).
 
 Cost: one dev-corpus encode (through the shard cache, so a rerun resumes) and one fidelity-text encode
-per (layer, width). The default dev corpus (``scan.dev_corpus``) keeps that affordable on a CPU."""
+per (layer, width). The default dev corpus (``scan.dev_corpus``) keeps that affordable on a CPU.
+``quant.method=gptq`` rounds each point by GPTQ (``medret.sensitivity.rounding``): one more forward pass
+over the calibration texts for the Hessians, and a GPTQ solve per point (the report's ``rounding`` times them)."""
 
 from __future__ import annotations
 
@@ -32,14 +35,23 @@ from medret.models.encoder import check_model_folders, check_model_options
 from medret.quant import calibration_corpus, quant_identity, scheme, validate
 from medret.quant.auto import SCAN_FORMAT
 from medret.quant.fisher import squared_gradients
-from medret.quant.layers import quantize_weight
-from medret.quant.options import spec_calibrated
 from medret.quant.select import group_size_for, select_linears, spec_for
 from medret.quant.state import dequantize
 from medret.retrieval import RetrievalSettings, model_identity, retrieve, score
 from medret.sensitivity.config import SensitivityRootConfig
 from medret.sensitivity.dev import check_dev_options, dev_set, fidelity_texts
 from medret.sensitivity.report import by_type, correlations, layer_type, table
+from medret.sensitivity.rounding import METHODS, hessians, round_layer
+from medret.sensitivity.table import (
+    Table,
+    check_table_options,
+    model_size,
+    only_tier,
+    table_groups,
+    table_info,
+    tables,
+    tier_spec,
+)
 from medret.storage import write_atomic, write_json
 from medret.tracking import check_logger, start_tracker
 from medret.tracking.provenance import git_commit, versions
@@ -67,10 +79,18 @@ def check_scan_options(cfg: SensitivityRootConfig) -> None:
         raise InputError(f"quant.side={q.side}: the scan quantizes both encoders; use quant.side=both")
     if q.overrides or q.embeddings:
         raise InputError(
-            "quant.overrides / quant.embeddings: the scan sets each layer's width itself; leave them unset"
+            "quant.overrides / quant.embeddings: the scan sets each layer's width itself (the table's tiers with "
+            "scan.embeddings=true); leave them unset"
         )
-    if getattr(q, "method", "rtn") != "rtn":
-        raise InputError(f"quant.method={q.method}: the scan measures round-to-nearest (quant.method=rtn) only")
+    if q.method not in METHODS:
+        raise InputError(f"quant.method={q.method}: the scan rounds each point by {' or '.join(METHODS)} (as the run)")
+    if getattr(q, "rotate", "none") != "none":
+        raise InputError(
+            f"quant.rotate={q.rotate}: the scan rounds each layer in its own basis; rotate in the run (quant=auto "
+            "passes quant.rotate on to the chosen widths)"
+        )
+    if cfg.scan.embeddings:
+        check_table_options(list(cfg.scan.embedding_tiers), q)
     if cfg.runtime.name != "torch":
         raise InputError(f"runtime={cfg.runtime.name}: the scan runs the torch encoders (runtime=torch)")
     bits = list(cfg.scan.bits)
@@ -89,16 +109,21 @@ def scanned_layers(model, cfg: SensitivityRootConfig) -> list[str]:
 
 
 @contextmanager
-def only_layer(encoders: list, name: str, spec: QuantConfig, fisher: list[dict]) -> Iterator[dict[str, float]]:
+def only_layer(
+    encoders: list, name: str, spec: QuantConfig, fisher: list[dict], hess: list[dict]
+) -> Iterator[dict[str, float]]:
     """Layer ``name`` of every encoder holds its quantized-then-decoded weight (what evaluate's decode-once
     runs) inside the block; the fp32 weight is back after it. Yields the layer's storage and errors."""
-    saved, stats = [], {"effective_bits": 0.0, "proxy": 0.0, "weight_mse": 0.0}
-    calibrated = spec_calibrated(spec)
+    saved, stats = [], {"effective_bits": 0.0, "proxy": 0.0, "weight_mse": 0.0, "round_seconds": 0.0}
+    calibrated = any(scheme(x).calibrated for x in (spec.name, spec.base) if x)  # Fisher weights, not GPTQ's
     try:
-        for e, f in zip(encoders, fisher):
+        for e, f, h in zip(encoders, fisher, hess):
             lin = e.model.get_submodule(name)
             w = lin.weight.detach().float().cpu()
-            state = quantize_weight(w, spec, group_size_for(w, spec, name), f[name].cpu() if calibrated else None)
+            t0 = time.perf_counter()
+            imp = f[name].cpu() if calibrated else None
+            state = round_layer(w, spec, group_size_for(w, spec, name), imp, h.get(name))
+            stats["round_seconds"] += time.perf_counter() - t0
             w_hat = dequantize(state)
             err2 = (w_hat - w).pow(2)
             stats["effective_bits"] = state.effective_bits()
@@ -125,6 +150,12 @@ class Bench:
     fp32_emb: np.ndarray | None = None
     fp32_ndcg: float = float("nan")
 
+    def point(self, quant_key: dict) -> dict[str, float]:
+        """The drops of the model as it is now from fp32: label-free (embedding cosine) and dev nDCG@10."""
+        emb, ndcg = self.measure(quant_key)
+        cos = float(cosine_rows(self.fp32_emb, emb).mean())
+        return {"cosine": cos, "fidelity_drop": 1.0 - cos, "ndcg": ndcg, "ndcg_drop": self.fp32_ndcg - ndcg}
+
     def measure(self, quant_key: dict) -> tuple[np.ndarray, float]:
         """(fidelity-text embeddings, dev nDCG@10) of the model as it is now; the dev corpus through the cache."""
         emb = self.retriever.doc.encode(self.texts, self.settings.encode.batch_size, desc="fidelity texts")
@@ -134,26 +165,18 @@ class Bench:
         return emb, float(per_query[f"ndcg@{NDCG_K}"].mean())
 
 
-def scan_layer(bench: Bench, name: str, cfg: SensitivityRootConfig, fisher: list[dict]) -> dict[str, Any]:
+def scan_layer(
+    bench: Bench, name: str, cfg: SensitivityRootConfig, fisher: list[dict], hess: list[dict]
+) -> dict[str, Any]:
     encoders = bench.retriever.encoders()
     curve = {}
     for bits in cfg.scan.bits:
         spec = replace(spec_for(name, cfg.quant), bits=bits)
         t0 = time.perf_counter()
-        with only_layer(encoders, name, spec, fisher) as stats:
-            emb, ndcg = bench.measure({**quant_identity(spec), "only_layer": name})
-        cos = float(cosine_rows(bench.fp32_emb, emb).mean())
-        curve[str(bits)] = {
-            **stats,
-            "cosine": cos,
-            "fidelity_drop": 1.0 - cos,
-            "ndcg": ndcg,
-            "ndcg_drop": bench.fp32_ndcg - ndcg,
-            "seconds": time.perf_counter() - t0,
-        }
-        log.info(
-            "%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %+.4f", name, bits, 1 - cos, bench.fp32_ndcg - ndcg
-        )
+        with only_layer(encoders, name, spec, fisher, hess) as stats:
+            point = bench.point({**quant_identity(spec), "only_layer": name})
+        curve[str(bits)] = {**stats, **point, "seconds": time.perf_counter() - t0}
+        log.info("%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %+.4f", name, bits, *_drops(point))
     return {
         "name": name,
         "type": layer_type(name),
@@ -161,6 +184,35 @@ def scan_layer(bench: Bench, name: str, cfg: SensitivityRootConfig, fisher: list
         "fisher_trace": sum(float(f[name].sum()) for f in fisher),
         "curve": curve,
     }
+
+
+def _drops(point: dict) -> tuple[float, float]:
+    return point["fidelity_drop"], point["ndcg_drop"]
+
+
+def scan_table(bench: Bench, cfg: SensitivityRootConfig, tabs: list[Table]) -> dict[str, Any]:
+    """Each frequency tier of the table alone at each width (an empty tier costs and loses nothing)."""
+    shares = list(cfg.scan.embedding_tiers)
+    spec = tier_spec(cfg.quant)
+    groups = table_groups(tabs[0], shares)
+    for g in groups:
+        g["curve"] = {}
+        for bits in cfg.scan.bits:
+            t0 = time.perf_counter()
+            if not g["rows"]:
+                g["curve"][str(bits)] = {
+                    "effective_bits": 0.0,
+                    "weight_mse": 0.0,
+                    "fidelity_drop": 0.0,
+                    "ndcg_drop": 0.0,
+                }
+                continue
+            key = {**quant_identity(replace(spec, bits=bits)), "only_layer": g["name"], "tiers": shares}
+            with only_tier(tabs, g["tier"], spec, bits) as stats:
+                point = bench.point(key)
+            g["curve"][str(bits)] = {**stats, **point, "seconds": time.perf_counter() - t0}
+            log.info("%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %+.4f", g["name"], bits, *_drops(point))
+    return {**table_info(tabs[0], shares), "groups": groups}
 
 
 def run_sensitivity(cfg: SensitivityRootConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -182,11 +234,28 @@ def run_sensitivity(cfg: SensitivityRootConfig | DictConfig, run_dir: Path) -> d
         squared_gradients(e.model, e.tokenizer, calibration, layers, e.settings.pooling, e.settings.max_length)
         for e in encoders
     ]
+    hess, rounding = [{} for _ in encoders], {"method": cfg.quant.method, "hessian_seconds": 0.0}
+    if cfg.quant.method == "gptq":  # every scanned layer's fp32 inputs, once
+        for e, h in zip(encoders, hess):
+            found, cost = hessians(e.model, e.tokenizer, calibration, layers, e.settings.max_length)
+            h.update(found)
+            rounding["hessian_seconds"] += cost["hessian_seconds"]
+            rounding["calibration_tokens"] = cost["calibration_tokens"]
+        rounding |= {"gptq_damp": cfg.quant.gptq_damp, "act_order": cfg.quant.act_order}
+    tabs = tables(encoders, cfg.scan.embedding_tiers, calibration) if cfg.scan.embeddings else []
     texts = fidelity_texts(data, cfg.scan.fidelity_texts, cfg.seed)
     bench = Bench(retriever, dev, texts, RetrievalSettings.of(cfg), root, model_identity(retriever))
     bench.fp32_emb, bench.fp32_ndcg = bench.measure({"name": "none"})
-    rows = [scan_layer(bench, name, cfg, fisher) for name in layers]
+    rows = [scan_layer(bench, name, cfg, fisher, hess) for name in layers]
+    hess.clear()
     report = build_report(cfg, bench, dev_info, rows, len(calibration))
+    rounding["round_seconds"] = sum(p.get("round_seconds", 0.0) for r in rows for p in r["curve"].values())
+    points = sum(p["seconds"] for r in rows for p in r["curve"].values())  # rounding + measuring, every point
+    rounding["measure_seconds"] = points - rounding["round_seconds"]
+    report["rounding"] = rounding
+    report["model_size"] = model_size(encoders[0].model, layers, tabs[0].name if tabs else None)
+    if tabs:
+        report["embedding"] = scan_table(bench, cfg, tabs)
     report["seconds"] = time.perf_counter() - t_start
     write_json(run_dir / "sensitivity.json", report)
     write_atomic(run_dir / "sensitivity.txt", [table(report)])
