@@ -253,7 +253,7 @@ class TrainConfig:
     distill_dev_texts: int = 200  # held-out corpus texts: teacher-student embedding cosine picks the best step
     distill_token_weight: float = 1.0  # 1 - token-output cosine to the teacher (as quant.refine_steps)
     distill_similarity_weight: float = 1.0  # MSE between in-batch cosine-similarity matrices (what ranking reads)
-    distill_latent_lr: float = 0.05  # latent weights' lr, in level gaps of their group (0: codes fixed)
+    distill_latent_lr: float = 0.001  # latent weights' lr, in level gaps of their group (0: codes fixed)
 
 
 @dataclass

@@ -14,14 +14,14 @@ from tests.test_train import train_cfg
 
 
 def test_the_shipped_kinds_are_registered():
-    assert kinds.names() == ("contrastive", "qat", "qlora")
+    assert kinds.names() == ("contrastive", "qat", "qlora", "distill")  # distill registers from its own module
     assert all(isinstance(kinds.train_kind(n), TrainKind) for n in kinds.names())
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["train.name=distill"], r"^train=distill: expected contrastive, qat, qlora$"),
+        (["train.name=bogus"], r"^train=bogus: expected contrastive, qat, qlora, distill$"),
         (["index.nlist=0"], r"index.nlist=0: expected a positive integer"),
         (["index.factory=Bogus99"], r"index.factory='Bogus99'"),
         (["cache.shard_size=0"], r"cache.shard_size=0: expected a positive number of records"),

@@ -2,7 +2,9 @@
 
 ``contrastive`` fine-tunes fp32 weights; ``qat`` trains through a custom quantizer (straight-through) and
 saves the packed model; ``qlora`` trains LoRA adapters over a frozen quantized base and saves the adapters
-plus a merged fp32 model. A new kind is one class here that calls ``register`` plus one YAML in conf/train/.
+plus a merged fp32 model; ``distill`` (``distill_kind.py``) trains a quantized student against the fp32 teacher
+on corpus texts. A new kind is one class that calls ``register`` (here, or in a module ``medret/training/*_kind.py``,
+imported on first lookup) plus one YAML in conf/train/.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from medret.errors import InputError
 from medret.models import Retriever
 from medret.models.lora import load_adapter_files, merge_to_dense, save_adapter_files, save_adapters
 from medret.models.saving import export, save_quantized
+from medret.plugins import import_all
 from medret.quant import calibration_corpus, needs_calibration, quant_identity, quantize_retriever, scheme, validate
 from medret.quant.fake import attach_fake_quant, detach_fake_quant
 from medret.storage import write_atomic
@@ -35,6 +38,10 @@ class TrainKind:
 
     name = "contrastive"
 
+    def resolve(self, cfg: TrainRootConfig) -> TrainRootConfig:
+        """The config this kind trains with, before any check (distill: quant=auto into its per-layer widths)."""
+        return cfg
+
     def check(self, cfg: TrainRootConfig) -> None:
         """Options this kind cannot train with (one-line InputError)."""
         if cfg.quant.name != "none":
@@ -43,9 +50,44 @@ class TrainKind:
                 "train through a custom quantizer, or quantize the exported model with evaluate.py"
             )
 
+    def load(self, cfg: TrainRootConfig) -> tuple[RetrievalDataset, Any, list[int]]:
+        """The data, its split into training and dev parts, and the cut-offs a dev score needs: (query, positive)
+        pairs from the qrels of ``data.split``, a share of the queries held out."""
+        from medret.training.checks import load_pairs  # checks imports this module
+
+        return load_pairs(cfg)
+
+    def counts(self, split: Any) -> dict[str, int]:
+        """How much was trained on and held out, for train_results.json."""
+        return {"train_pairs": len(split.pairs), "dev_queries": len(split.dev_queries)}
+
     def prepare(self, retriever: Retriever, data: RetrievalDataset, cfg: TrainRootConfig) -> dict | None:
         """Change the loaded model before training; returns what later steps need (kept on the Session)."""
         return None
+
+    def optimizer(self, models: list, cfg: TrainRootConfig) -> torch.optim.Optimizer:
+        """AdamW over every parameter that requires grad."""
+        params = [p for m in models for p in m.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    def step(self, s: Session, data: RetrievalDataset, split: Any, hard: dict, step: int) -> float:
+        """One optimizer step (``train.grad_accum`` micro-batches); returns its mean loss."""
+        from medret.training.loop import train_step  # loop imports the session, which imports this module
+
+        return train_step(s, data, split, hard, step)
+
+    def dev_metric(self, cfg: TrainRootConfig) -> str:
+        """The dev score the best model is kept by (higher is better)."""
+        return cfg.eval.optimize_metric
+
+    def has_dev(self, split: Any) -> bool:
+        return bool(split.dev_queries)
+
+    def dev(self, s: Session, data: RetrievalDataset, split: Any, ks: list[int], metric: str) -> dict[str, float]:
+        """Dev scores by name: ``metric`` among them."""
+        from medret.training.loop import dev_score
+
+        return {metric: dev_score(s, data, split, ks, metric)}
 
     def hook_checkpoints(self, acc: Any) -> None:
         """Change what accelerate's checkpoints hold (default: the whole models)."""
@@ -175,10 +217,12 @@ def register(kind: TrainKind) -> TrainKind:
 
 
 def names() -> tuple[str, ...]:
+    import_all("medret.training", "_kind")
     return tuple(_KINDS)
 
 
 def train_kind(name: str) -> TrainKind:
+    import_all("medret.training", "_kind")
     if name not in _KINDS:
         raise InputError(f"train={name}: expected {', '.join(_KINDS)}")
     return _KINDS[name]

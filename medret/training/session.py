@@ -56,8 +56,8 @@ def make_session(cfg: TrainRootConfig, data: RetrievalDataset) -> Session:
         mixed_precision=mp, gradient_accumulation_steps=t.grad_accum, cpu=retriever.doc.device.type == "cpu"
     )
     models = [e.model for e in retriever.encoders()]
-    params = [p for m in models for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    opt = kind.optimizer(models, cfg)
+    params = [p for g in opt.param_groups for p in g["params"]]
     sched = get_linear_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
     prepared = acc.prepare(*models, opt, sched)
     models, opt, sched = list(prepared[: len(models)]), prepared[-2], prepared[-1]
@@ -72,6 +72,9 @@ def _config_hash(cfg: TrainRootConfig) -> str:
     d = dataclasses.asdict(cfg)
     for k in ("max_steps", "dev_every", "checkpoint_every", "keep_checkpoints", "resume"):
         d["train"].pop(k, None)
+    if cfg.train.name != "distill":  # options only distill reads: older checkpoints of the other kinds still resume
+        for k in [k for k in d["train"] if k.startswith("distill_")]:
+            d["train"].pop(k)
     d.pop("logger", None)
     return digest(d, 16)
 

@@ -1,8 +1,9 @@
 """Contrastive fine-tuning of a retriever with accelerate: checkpoints that resume identically,
 dev evaluation through the shared retrieval layer, and export of the best model.
 
-The kinds (``train=contrastive|qat|qlora``) differ only in how they prepare, keep and finish the model:
-``medret.training.kinds``. Options: ``checks``; session and checkpoints: ``session``; steps: ``loop``.
+The kinds (``train=contrastive|qat|qlora|distill``) differ in how they load their data, prepare, step, score,
+keep and finish the model: ``medret.training.kinds``. Options: ``checks``; session and checkpoints:
+``session``; steps: ``loop``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from medret.cache import cache_root
 from medret.config import TrainRootConfig, typed
 from medret.errors import InputError
 from medret.models.encoder import check_model_folders
+from medret.quant import scheme
 from medret.storage import write_json
 from medret.tracking import start_tracker
-from medret.training.checks import check_options, load_pairs
-from medret.training.loop import dev_score, mine_hard_negatives, train_step
+from medret.training.checks import check_options
+from medret.training.kinds import train_kind
+from medret.training.loop import mine_hard_negatives
 from medret.training.session import checkpoint, make_session, resume
 
 log = logging.getLogger(__name__)
@@ -32,10 +35,13 @@ log = logging.getLogger(__name__)
 
 def run_train(cfg: TrainRootConfig | DictConfig, run_dir: Path) -> dict[str, Any]:
     cfg, run_dir = typed(cfg, TrainRootConfig), Path(run_dir)
-    t, metric = cfg.train, cfg.eval.optimize_metric
+    scheme(cfg.quant.name)  # an unknown scheme is blamed on quant=, whatever the kind
+    kind = train_kind(cfg.train.name)
+    cfg = kind.resolve(cfg)
+    t, metric = cfg.train, kind.dev_metric(cfg)
     check_options(cfg)
     check_model_folders(cfg.model)
-    data, split, ks = load_pairs(cfg)
+    data, split, ks = kind.load(cfg)
     s = make_session(cfg, data)
     hard = mine_hard_negatives(s, data, split, cache_root(cfg.cache.dir)) if t.hard_negatives else {}
     state = resume(s, run_dir / "checkpoints", metric)
@@ -43,11 +49,11 @@ def run_train(cfg: TrainRootConfig | DictConfig, run_dir: Path) -> dict[str, Any
     t0 = time.perf_counter()
     bar = tqdm(total=t.max_steps, initial=state["step"], desc="train", unit="step", mininterval=2.0)
     while state["step"] < t.max_steps:
-        loss = train_step(s, data, split, hard, state["step"])
+        loss = kind.step(s, data, split, hard, state["step"])
         state["step"] = step = state["step"] + 1
         record = {"step": step, "loss": loss, "lr": float(s.sched.get_last_lr()[0])}
-        if split.dev_queries and (step % t.dev_every == 0 or step == t.max_steps):
-            record[f"dev_{metric}"] = dev_score(s, data, split, ks, metric)
+        if kind.has_dev(split) and (step % t.dev_every == 0 or step == t.max_steps):
+            record.update({f"dev_{k}": v for k, v in kind.dev(s, data, split, ks, metric).items()})
             if state[f"best_dev_{metric}"] is None or record[f"dev_{metric}"] > state[f"best_dev_{metric}"]:
                 state[f"best_dev_{metric}"], state["best_step"] = record[f"dev_{metric}"], step
                 s.kind.keep_best(s, run_dir, step)
@@ -63,8 +69,7 @@ def run_train(cfg: TrainRootConfig | DictConfig, run_dir: Path) -> dict[str, Any
         "best_step": state["best_step"],
         f"best_dev_{metric}": state[f"best_dev_{metric}"],
         "final_loss": state["history"][-1]["loss"] if state["history"] else None,
-        "train_pairs": len(split.pairs),
-        "dev_queries": len(split.dev_queries),
+        **kind.counts(split),
         "hard_negatives": t.hard_negatives,
         "mixed_precision": s.mixed_precision,
         "seconds": time.perf_counter() - t0,
