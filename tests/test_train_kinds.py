@@ -27,6 +27,7 @@ def test_the_shipped_kinds_are_registered():
         (["cache.shard_size=0"], r"cache.shard_size=0: expected a positive number of records"),
         (["cache.dtype=int8"], r"cache.dtype='int8'"),
         (["seed=-1"], r"seed=-1: expected an integer >= 0"),
+        (["train=qat", "quant=nf", "quant.bits=4", "quant.rotate=hadamard"], r"^quant.rotate=hadamard: train=qat"),
         (["quant.side=query"], r"^quant.side=query: train.py quantizes both encoders; use quant.side=both$"),
     ],
 )

@@ -115,6 +115,10 @@ class QatKind(TrainKind):
         validate(cfg.quant)
         if cfg.quant.method != "rtn":  # QAT trains through round-to-nearest: exports the same
             raise InputError(f"quant.method={cfg.quant.method}: train=qat trains and exports round-to-nearest (rtn)")
+        if cfg.quant.rotate != "none":  # fake quantization rounds the weights as they are
+            raise InputError(
+                f"quant.rotate={cfg.quant.rotate}: train=qat rounds unrotated weights; use quant.rotate=none"
+            )
 
     def prepare(self, retriever: Retriever, data: RetrievalDataset, cfg: TrainRootConfig) -> dict | None:
         n_fake = sum(attach_fake_quant(enc.model, cfg.quant) for enc in retriever.encoders())
