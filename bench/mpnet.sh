@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# all-mpnet-base-v2 (model=mpnet, BERT-base size) on this machine, issue 26's evidence; needs `make models`.
+#   bash bench/mpnet.sh [OUT_DIR]      (default bench/results/mpnet; a finished step is skipped: it resumes)
+# 1. fp32 on SciFact test: the published MTEB nDCG@10 is 0.6557.
+# 2. Speed: OpenVINO int8 vs SentenceTransformer fp32, paired in one process (bench/runtime_speed.py), 200 docs.
+# 3. Cost at this size: GPTQ nf3 g64 act-order over 256 corpus texts + 20 refinement steps on a 600-note synthetic
+#    set (quantize seconds from results.json, peak RSS from /usr/bin/time).
+# 4. OpenVINO int8 (bf16 float ops) on SciFact test: quality of the deployable int8 graph.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/results/mpnet}
+PY=${PYTHON:-.venv/bin/python}
+export HF_HUB_OFFLINE=1
+mkdir -p "$OUT"
+E=("$PY" evaluate.py model=mpnet logger=none "cache.dir=$OUT/cache")
+S=(data=beir data.path=../shared/data/scifact data.split=test)
+run() {  # NAME OVERRIDES...
+    local name=$1; shift
+    [ -f "$OUT/$name/results.json" ] && { echo "== $name: done already"; return; }
+    echo "== $name: $*"
+    /usr/bin/time -v -o "$OUT/$name.time" "${E[@]}" "$@" "hydra.run.dir=$OUT/$name" 2>&1 | grep -E "nDCG@10|error" || true
+    grep -E "Maximum resident|Elapsed" "$OUT/$name.time"
+}
+# quality first (its figures do not depend on what else runs), then the timed steps, then OpenVINO's quality
+run scifact-fp32 "${S[@]}"
+[ -f "$OUT/speed.json" ] || $PY bench/runtime_speed.py --model parts://all-mpnet-base-v2 --max-length 384 \
+    --docs 200 --repeats 2 --threads 2 --only openvino/int8/bf16 openvino/int8 --out "$OUT/speed.json"
+run synthetic600-gptq-nf3-refine20 data=synthetic data.num_records=600 data.num_queries=60 quant=nf quant.bits=3 \
+    quant.group_size=64 quant.method=gptq quant.act_order=true quant.calibration_texts=256 quant.refine_steps=20
+run scifact-openvino-int8-bf16 "${S[@]}" runtime=openvino runtime.quantize=int8 runtime.precision=bf16
