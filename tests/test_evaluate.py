@@ -77,7 +77,9 @@ def wandb_summary(run_dir: Path) -> dict:
 
 
 def test_run_writes_results_trec_per_query_and_wandb_without_text(tiny_bert, tmp_path):
-    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger.mode=offline", "logger.group=g1"))
+    # its own cache: encode throughput is measured only when this run encodes (another test may have cached the set)
+    cache = f"cache.dir={tmp_path / 'cache'}"
+    cfg = compose_cfg(*tiny_overrides(tiny_bert, "logger.mode=offline", "logger.group=g1", cache))
     res = run_evaluate(cfg, tmp_path)
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
