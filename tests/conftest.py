@@ -61,23 +61,26 @@ WORDS = sorted(
     )
 )
 
+# the WordPiece vocabulary of every tiny model the tests build (tests/tiny_models.py too)
+TINY_VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    *WORDS,
+    *"abcdefghijklmnopqrstuvwxyz0123456789",
+    *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
+    *".,:;%-/()",
+]
+
 
 def build_tiny_bert(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    vocab = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        *WORDS,
-        *"abcdefghijklmnopqrstuvwxyz0123456789",
-        *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
-        *".,:;%-/()",
-    ]
+    vocab = TINY_VOCAB
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tok.save_pretrained(path)

@@ -34,25 +34,14 @@ from medret.config import ModelConfig, RuntimeConfig
 from medret.models import TextEncoder, load_retriever
 from medret.runtime import build_runtime
 from medret.training import run_train
-from tests.conftest import WORDS
+from tests.conftest import TINY_VOCAB, WORDS
 from tests.test_train import train_cfg
 from tests.tiny_models import ARCHITECTURES, build_tiny_encoder
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None
 HAS_OV = HAS_ORT and importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 
-# the vocabulary tests/conftest.py::build_tiny_bert gives its tokenizer
-VOCAB = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    *WORDS,
-    *"abcdefghijklmnopqrstuvwxyz0123456789",
-    *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
-    *".,:;%-/()",
-]
+VOCAB = TINY_VOCAB
 MAX_LENGTH = 32  # above ModernBERT's local window (16 here), so its sliding-window mask is exercised
 # encoder linears per architecture at 2 layers; ELECTRA adds embeddings_project, ModernBERT fuses QKV and the GLU
 LINEARS = {"bert": 12, "mpnet": 12, "roberta": 12, "distilbert": 12, "electra": 13, "modernbert": 8}

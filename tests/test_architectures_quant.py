@@ -31,7 +31,7 @@ from medret.quant.auto import resolve_auto
 from medret.quant.embedding import QuantEmbedding
 from medret.quant.linear import QuantLinear
 from medret.sensitivity import run_sensitivity
-from tests.conftest import WORDS
+from tests.conftest import TINY_VOCAB
 from tests.test_evaluate import ROOT, compose_cfg
 from tests.test_gptq import NOTES
 from tests.test_sensitivity import compose_scan
@@ -40,17 +40,7 @@ from tests.tiny_models import ARCHITECTURES, build_tiny_encoder
 LAYERS = 2
 LINEARS = {"bert": 12, "mpnet": 12, "roberta": 12, "distilbert": 12, "electra": 13, "modernbert": 8}
 EXCLUDED = QuantConfig().exclude  # the pooler
-VOCAB = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    *WORDS,
-    *"abcdefghijklmnopqrstuvwxyz0123456789",
-    *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
-    *".,:;%-/()",
-]
+VOCAB = TINY_VOCAB
 CALIBRATION, PROBE = NOTES[:12], NOTES[12:20]
 G = {"group_size": 16}  # hidden 32: groups that divide every layer's inputs
 CAL = {"calibration_texts": 12}

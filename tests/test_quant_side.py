@@ -18,21 +18,11 @@ from medret.evaluation.sides import check_side, run_key
 from medret.quant import plan_quant
 from medret.report.collect import row_of
 from medret.results import RunResult
-from tests.conftest import WORDS
+from tests.conftest import TINY_VOCAB
 from tests.test_evaluate import compose_cfg
 from tests.tiny_models import ARCHITECTURES, build_tiny_encoder
 
-VOCAB = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    *WORDS,
-    *"abcdefghijklmnopqrstuvwxyz0123456789",
-    *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"),
-    *".,:;%-/()",
-]
+VOCAB = TINY_VOCAB
 QUANT = ("quant=uniform", "quant.bits=3", "quant.group_size=16")
 
 

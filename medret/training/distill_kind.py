@@ -35,6 +35,7 @@ from medret.quant import calibration_corpus, names, needs_calibration, quantize_
 from medret.quant.ste import unwrap, wrap
 from medret.training.kinds import QatKind, register
 from medret.training.latent_adam import LatentAdam
+from medret.training.loop import optimizer_step
 
 if TYPE_CHECKING:
     from medret.training.session import Session
@@ -226,12 +227,7 @@ class DistillKind(QatKind):
                     if t.distill_similarity_weight:
                         emb, ref = enc.pool(hidden, mask), enc.pool(target, mask)
                         loss = loss + t.distill_similarity_weight * similarity_structure(emb, ref)
-                s.acc.backward(loss)
-                if s.acc.sync_gradients and t.max_grad_norm > 0:
-                    s.acc.clip_grad_norm_(s.params, t.max_grad_norm)
-                s.opt.step()
-                s.sched.step()
-                s.opt.zero_grad(set_to_none=True)
+                optimizer_step(s, loss, t.max_grad_norm)
             losses.append(loss.item())
         return float(np.mean(losses))
 

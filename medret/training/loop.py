@@ -14,6 +14,16 @@ from medret.training.pairs import PairSplit
 from medret.training.session import Session
 
 
+def optimizer_step(s, loss, max_grad_norm: float) -> None:
+    """Backward through accelerate, clip, step the optimizer and the schedule (every train kind's step)."""
+    s.acc.backward(loss)
+    if s.acc.sync_gradients and max_grad_norm > 0:
+        s.acc.clip_grad_norm_(s.params, max_grad_norm)
+    s.opt.step()
+    s.sched.step()
+    s.opt.zero_grad(set_to_none=True)
+
+
 def _embed(encoder, texts: list[str]) -> torch.Tensor:
     s = encoder.settings
     batch = encoder.tokenizer(
@@ -73,11 +83,6 @@ def train_step(s: Session, data: RetrievalDataset, split: PairSplit, hard: dict,
             q = _embed(s.retriever.query, [data.query_texts[qi] for qi, _ in pairs])
             d = _embed(s.retriever.doc, [data.doc_texts[di] for di in docs])
             loss = info_nce(q, d, t.temperature, fn)
-            s.acc.backward(loss)
-            if s.acc.sync_gradients and t.max_grad_norm > 0:
-                s.acc.clip_grad_norm_(s.params, t.max_grad_norm)
-            s.opt.step()
-            s.sched.step()
-            s.opt.zero_grad(set_to_none=True)
+            optimizer_step(s, loss, t.max_grad_norm)
         losses.append(loss.item())
     return float(np.mean(losses))
