@@ -169,6 +169,8 @@ class RuntimeConfig:
     opset: int = 18  # 18..23: torch's dynamo ONNX exporter writes opset 18 or later, up to its ONNX_MAX_OPSET
     # openvino: precision of the ops left in float (f32 | bf16; bf16 needs AVX512-BF16/AMX, else f32 runs)
     precision: str = "f32"
+    # openvino int8: NNCF SmoothQuant alpha for matmuls (None = NNCF's transformer default, 0.95; -1 = off)
+    smooth_quant: float | None = None
 
 
 @dataclass

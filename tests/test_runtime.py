@@ -104,6 +104,9 @@ def fp32_bytes(encoder, cache) -> dict[str, int]:
         ({"name": "onnx", "opset": 3}, "runtime.opset=3"),
         ({"name": "onnx", "precision": "bf16"}, "runtime=onnx takes f32"),
         ({"name": "openvino", "precision": "fp8"}, "runtime=openvino takes f32 | bf16"),
+        ({"name": "openvino", "quantize": "int8", "smooth_quant": 1.5}, "runtime.smooth_quant=1.5"),
+        ({"name": "onnx", "quantize": "static_int8", "smooth_quant": 0.5}, "only runtime=openvino"),
+        ({"name": "openvino", "quantize": "int4_weights", "smooth_quant": 0.5}, "only runtime=openvino"),
     ],
 )
 def test_validate_rejects_bad_options(overrides, needle):
@@ -206,6 +209,19 @@ def test_openvino_bf16_float_ops_reuse_the_int8_files_and_record_the_precision(e
     assert _cos(emb, reference).min() > 0.98
     if has_bf16:
         assert np.abs(emb - f32.encode(TEXTS, batch_size=16)).max() > 1e-6  # the float ops did change
+
+
+@needs_ov
+def test_openvino_smooth_quant_alpha_is_its_own_variant_and_recorded(encoder, reference, cache):
+    """runtime.smooth_quant sets NNCF's SmoothQuant alpha for matmuls: another quantized model (another cache
+    entry, other outputs), recorded in the conversion block; the default keeps the earlier key."""
+    default, d_info = build_runtime(encoder, _cfg("openvino", "int8"), cache, "tiny64", CALIBRATION)
+    off, o_info = build_runtime(encoder, _cfg("openvino", "int8", smooth_quant=-1), cache, "tiny64", CALIBRATION)
+    assert o_info["cache_key"] != d_info["cache_key"] and not o_info["cached"]
+    assert d_info["conversion"]["smooth_quant"] == "nncf default" and o_info["conversion"]["smooth_quant"] == -1
+    emb = off.encode(TEXTS, batch_size=16)
+    assert _cos(emb, reference).min() > 0.99
+    assert np.abs(emb - default.encode(TEXTS, batch_size=16)).max() > 1e-6
 
 
 @pytest.mark.parametrize(("name", "quantize"), [("onnx", "static_int8"), ("openvino", "int8")])

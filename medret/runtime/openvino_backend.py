@@ -35,14 +35,25 @@ def convert(
             raise ValueError("openvino int8 needs calibration batches")
         # int8 weights and activations (FakeQuantize pairs the CPU plugin runs as int8 kernels);
         # TRANSFORMER keeps softmax/layernorm paths in float, as NNCF recommends for BERTs
+        advanced = None
+        if cfg.smooth_quant is not None:
+            from nncf.quantization.advanced_parameters import (
+                AdvancedQuantizationParameters,
+                AdvancedSmoothQuantParameters,
+            )
+
+            alphas = AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant)
+            advanced = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
         model = nncf.quantize(
             model,
             nncf.Dataset(calibration),
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calibration),
             preset=nncf.QuantizationPreset.MIXED,
+            advanced_parameters=advanced,
         )
         done = {"nncf": "quantize", "preset": "mixed", "model_type": "transformer"}
+        done["smooth_quant"] = "nncf default" if cfg.smooth_quant is None else cfg.smooth_quant
         done["calibration_batches"] = len(calibration)
     elif cfg.quantize == "int4_weights":
         import nncf
@@ -109,12 +120,17 @@ class OpenVinoBackend(ExportedBackend):
                 raise InputError(f"runtime.group_size={cfg.group_size}: expected -1 (per channel) or at least 2")
             if not 0.0 < cfg.ratio <= 1.0:
                 raise InputError(f"runtime.ratio={cfg.ratio}: expected 0 < ratio <= 1")
+        sq = cfg.smooth_quant
+        if sq is not None and sq != -1 and not 0.0 <= sq <= 1.0:
+            raise InputError(f"runtime.smooth_quant={sq}: expected an alpha in 0..1, or -1 (off)")
         super().check(cfg)
 
     def variant_parts(self, cfg: RuntimeConfig, versions: dict[str, str | None]) -> dict[str, Any] | None:
         parts: dict[str, Any] = {"openvino": versions["openvino"], "nncf": None}
         if cfg.quantize != "none":
             parts["nncf"] = versions["nncf"]
+        if cfg.quantize == "int8" and cfg.smooth_quant is not None:
+            parts["smooth_quant"] = cfg.smooth_quant  # absent at the default: earlier exports keep their keys
         if cfg.quantize == "int4_weights":
             parts.update(int4_mode=cfg.int4_mode, group_size=cfg.group_size, ratio=cfg.ratio)
         return parts

@@ -62,6 +62,11 @@ def validate(cfg: Any) -> None:
             f"runtime.calibration_texts={cfg.calibration_texts}: runtime={cfg.name} quantize={cfg.quantize} "
             "needs at least 1"
         )
+    if cfg.smooth_quant is not None and (cfg.name, cfg.quantize) != ("openvino", "int8"):
+        raise InputError(
+            f"runtime.smooth_quant={cfg.smooth_quant}: only runtime=openvino runtime.quantize=int8 uses it "
+            f"(this is runtime={cfg.name} quantize={cfg.quantize})"
+        )
     b.check(cfg)
     missing = missing_modules(cfg)
     if missing:
