@@ -31,18 +31,19 @@ run scifact-fp32 "${S[@]}"
 run synthetic600-gptq-nf3-refine20 data=synthetic data.num_records=600 data.num_queries=60 quant=nf quant.bits=3 \
     quant.group_size=64 quant.method=gptq quant.act_order=true quant.calibration_texts=256 quant.refine_steps=20
 run scifact-openvino-int8-bf16 "${S[@]}" runtime=openvino runtime.quantize=int8 runtime.precision=bf16
-SQ=${SQ:-0.5}  # NNCF SmoothQuant alpha for OpenVINO int8 (the NNCF default for transformers is 0.95)
-run scifact-openvino-int8-bf16-sq$SQ "${S[@]}" runtime=openvino runtime.quantize=int8 runtime.precision=bf16 \
-    runtime.smooth_quant=$SQ
 run scifact-onnx-dynamic-int8 "${S[@]}" runtime=onnx runtime.quantize=dynamic_int8
-run scifact-bf16 "${S[@]}" quant=bf16
-run scifact-nf4-g64-emb "${S[@]}" quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true
+# NNCF SmoothQuant alpha for OpenVINO int8 (NNCF's transformer default 0.95; on 200 docs 0.5 and off were far worse)
+SQ=${SQ:-none}
+[ "$SQ" = none ] || run scifact-openvino-int8-bf16-sq$SQ "${S[@]}" runtime=openvino runtime.quantize=int8 \
+    runtime.precision=bf16 runtime.smooth_quant=$SQ
 # MiniLM's 3-bit recipe with MPNet's smaller refinement lr (1e-3 diverged, step 3) and fewer texts/steps (CPU time)
 run scifact-gptq-nf3-g64-act-c256-refine50-lr1e-4 "${S[@]}" quant=nf quant.bits=3 quant.group_size=64 \
     quant.method=gptq quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4
-run scifact-bnb-int8 "${S[@]}" quant=bnb_int8
+run scifact-nf4-g64-emb "${S[@]}" quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true
+run scifact-bf16 "${S[@]}" quant=bf16
 if [ ! -f "$OUT/scan-slice/sensitivity.json" ]; then
     /usr/bin/time -v -o "$OUT/scan-slice.time" "$PY" -m medret.sensitivity model=mpnet logger=none data=beir \
         data.path=../shared/data/scifact quant=nf quant.group_size=64 "scan.bits=[2,3]" \
         "scan.layers=[*layer.0.attention.attn.q]" "hydra.run.dir=$OUT/scan-slice" 2>&1 | tail -2
 fi
+run scifact-bnb-int8 "${S[@]}" quant=bnb_int8
