@@ -36,6 +36,10 @@ run scifact-onnx-dynamic-int8 "${S[@]}" runtime=onnx runtime.quantize=dynamic_in
 SQ=${SQ:-none}
 [ "$SQ" = none ] || run scifact-openvino-int8-bf16-sq$SQ "${S[@]}" runtime=openvino runtime.quantize=int8 \
     runtime.precision=bf16 runtime.smooth_quant=$SQ
+# no int8 at all: the fp32 graph with bf16 float ops (200 docs: cosine to fp32 0.99998); speed paired as in step 2
+run scifact-openvino-bf16 "${S[@]}" runtime=openvino runtime.precision=bf16
+[ -f "$OUT/speed-bf16.json" ] || $PY bench/runtime_speed.py --model parts://all-mpnet-base-v2 --max-length 384 \
+    --docs 200 --repeats 2 --threads 2 --only openvino/none/bf16 --out "$OUT/speed-bf16.json"
 # MiniLM's 3-bit recipe with MPNet's smaller refinement lr (1e-3 diverged, step 3) and fewer texts/steps (CPU time)
 run scifact-gptq-nf3-g64-act-c256-refine50-lr1e-4 "${S[@]}" quant=nf quant.bits=3 quant.group_size=64 \
     quant.method=gptq quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4
