@@ -171,6 +171,9 @@ class RuntimeConfig:
     precision: str = "f32"
     # openvino int8: NNCF SmoothQuant alpha for matmuls (None = NNCF's transformer default, 0.95; -1 = off)
     smooth_quant: float | None = None
+    # onnx dynamic_int8 / openvino int8: keep the FFN down-projections (GELU input: BERT's activation outliers) in
+    # float, as static_int8 always does
+    float_down_proj: bool = False
 
 
 @dataclass

@@ -107,6 +107,8 @@ def fp32_bytes(encoder, cache) -> dict[str, int]:
         ({"name": "openvino", "quantize": "int8", "smooth_quant": 1.5}, "runtime.smooth_quant=1.5"),
         ({"name": "onnx", "quantize": "static_int8", "smooth_quant": 0.5}, "only runtime=openvino"),
         ({"name": "openvino", "quantize": "int4_weights", "smooth_quant": 0.5}, "only runtime=openvino"),
+        ({"name": "onnx", "quantize": "static_int8", "float_down_proj": True}, "static_int8 always keeps them"),
+        ({"name": "openvino", "quantize": "none", "float_down_proj": True}, "runtime.float_down_proj=true"),
     ],
 )
 def test_validate_rejects_bad_options(overrides, needle):
@@ -222,6 +224,31 @@ def test_openvino_smooth_quant_alpha_is_its_own_variant_and_recorded(encoder, re
     emb = off.encode(TEXTS, batch_size=16)
     assert _cos(emb, reference).min() > 0.99
     assert np.abs(emb - default.encode(TEXTS, batch_size=16)).max() > 1e-6
+
+
+@pytest.mark.parametrize(
+    ("name", "quantize"), [pytest.param(*m, marks=_mark(m[0])) for m in [("onnx", "dynamic_int8"), ("openvino", "int8")]]
+)
+def test_float_down_proj_keeps_one_matmul_per_layer_in_float(encoder, reference, cache, name, quantize):
+    """runtime.float_down_proj: the FFN down-projections (one per layer) stay float, the other weight MatMuls
+    stay integer; another cache entry, the count recorded."""
+    full, f_info = build_runtime(encoder, _cfg(name, quantize), cache, "tiny64", CALIBRATION)
+    kept, k_info = build_runtime(encoder, _cfg(name, quantize, float_down_proj=True), cache, "tiny64", CALIBRATION)
+    layers = encoder.model.config.num_hidden_layers
+    assert k_info["cache_key"] != f_info["cache_key"]
+    assert k_info["conversion"]["fp32_matmuls_kept"] == layers and f_info["conversion"]["fp32_matmuls_kept"] == 0
+    folder, full_folder = kept.files[0].parent, full.files[0].parent
+    if name == "onnx":
+        import onnx
+
+        def count(f: Path) -> int:
+            return Counter(n.op_type for n in onnx.load(str(f / "model.onnx")).graph.node)["MatMulInteger"]
+
+        assert count(full_folder) - count(folder) == layers and count(folder) > 0
+    else:
+        fq = (folder / "model.xml").read_text().count('type="FakeQuantize"')
+        assert 0 < fq < (full_folder / "model.xml").read_text().count('type="FakeQuantize"')
+    assert _cos(kept.encode(TEXTS, batch_size=16), reference).min() > 0.99
 
 
 @pytest.mark.parametrize(("name", "quantize"), [("onnx", "static_int8"), ("openvino", "int8")])

@@ -75,15 +75,27 @@ def _reader(batches: list[dict[str, np.ndarray]]) -> Any:
 
 
 def quantize(
-    src: Path, dst: Path, mode: str, calibration: list[dict[str, np.ndarray]] | None, external: bool, work: Path
+    src: Path,
+    dst: Path,
+    mode: str,
+    calibration: list[dict[str, np.ndarray]] | None,
+    external: bool,
+    work: Path,
+    float_down_proj: bool = False,
 ) -> dict[str, Any]:
     """Write the int8 graph of ``src`` to ``dst``; returns the settings used (for results.json)."""
     with _quiet_root():
-        return _quantize(src, dst, mode, calibration, external, work)
+        return _quantize(src, dst, mode, calibration, external, work, float_down_proj)
 
 
 def _quantize(
-    src: Path, dst: Path, mode: str, calibration: list[dict[str, np.ndarray]] | None, external: bool, work: Path
+    src: Path,
+    dst: Path,
+    mode: str,
+    calibration: list[dict[str, np.ndarray]] | None,
+    external: bool,
+    work: Path,
+    float_down_proj: bool,
 ) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -92,12 +104,14 @@ def _quantize(
         # int8 weights per output channel, activations quantized per batch at run time (MatMulInteger):
         # no calibration; embeddings (Gather) are stored int8 too
         op_types = ["MatMul", "Gemm", "Gather"]
+        kept = down_projections(pre) if float_down_proj else []
         quantize_dynamic(
             str(pre),
             str(dst),
             op_types_to_quantize=op_types,
             per_channel=True,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=kept,
             use_external_data_format=external,
         )
         return {
@@ -105,6 +119,7 @@ def _quantize(
             "weights": "int8 per-channel",
             "activations": "uint8 dynamic",
             "op_types": op_types,
+            "fp32_matmuls_kept": len(kept),
         }
     if mode == "static_int8":
         if not calibration:
@@ -135,6 +150,33 @@ def _quantize(
     raise ValueError(f"unknown onnx quantize mode {mode!r}")
 
 
+def _weight_matmuls(path: Path) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """(MatMul node, its 2-D weight's [in, out] shape) for every MatMul against a weight, and the embedding
+    Gathers."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    matmuls, gathers = [], []
+    for n in graph.node:
+        weight = next((shapes[i] for i in n.input if i in shapes), None)
+        if n.op_type == "Gather" and n.input[0] in shapes:
+            gathers.append(n.name)
+        elif n.op_type == "MatMul" and weight is not None and len(weight) == 2:
+            matmuls.append((n.name, weight))
+    return matmuls, gathers
+
+
+def down_projections(path: Path) -> list[str]:
+    """The FFN down-projections: MatMuls whose [in, out] weight has in > out (their input is the GELU output,
+    which carries BERT's activation outliers). OpenVINO keeps ONNX node names, so these name its nodes too."""
+    return _down(_weight_matmuls(path)[0])
+
+
+def _down(matmuls: list[tuple[str, list[int]]]) -> list[str]:
+    return [name for name, (d_in, d_out) in matmuls if d_in > d_out]
+
+
 def static_nodes(path: Path) -> tuple[list[str], int]:
     """Nodes static int8 quantizes: MatMuls against a weight, except down-projections, plus embedding Gathers.
 
@@ -142,21 +184,9 @@ def static_nodes(path: Path) -> tuple[list[str], int]:
     FFN down-projection, whose GELU input carries BERT's activation outliers, lose most of the accuracy
     (MiniLM: min cosine 0.92 with them, 0.99 without). Returns (node names, down-projections kept fp32).
     """
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    shapes = {i.name: list(i.dims) for i in graph.initializer}
-    nodes, skipped = [], 0
-    for n in graph.node:
-        weight = next((shapes[i] for i in n.input if i in shapes), None)
-        if n.op_type == "Gather" and n.input[0] in shapes:
-            nodes.append(n.name)
-        elif n.op_type == "MatMul" and weight is not None and len(weight) == 2:
-            if weight[0] > weight[1]:  # [in, out] with in > out: a down-projection
-                skipped += 1
-            else:
-                nodes.append(n.name)
-    return nodes, skipped
+    matmuls, gathers = _weight_matmuls(path)
+    down = set(_down(matmuls))
+    return gathers + [n for n, _ in matmuls if n not in down], len(down)
 
 
 def pick_provider(requested: str) -> str:
@@ -226,12 +256,16 @@ class OnnxBackend(ExportedBackend):
     def variant_parts(self, cfg: RuntimeConfig, versions: dict[str, str | None]) -> dict[str, Any] | None:
         if cfg.quantize == "none":
             return None  # the export itself is the deployed model
-        return {"onnxruntime": versions["onnxruntime"]}
+        parts = {"onnxruntime": versions["onnxruntime"]}
+        if cfg.float_down_proj:
+            parts["float_down_proj"] = True  # absent when off: earlier exports keep their keys
+        return parts
 
     def convert(
         self, src: Path, folder: Path, cfg: RuntimeConfig, batches: list | None, export_meta: dict[str, Any]
     ) -> dict[str, Any]:
-        done = quantize(src, folder / ONNX_FILE, cfg.quantize, batches, export_meta["external_data"], folder)
+        external = export_meta["external_data"]
+        done = quantize(src, folder / ONNX_FILE, cfg.quantize, batches, external, folder, cfg.float_down_proj)
         for p in folder.glob("preprocessed.onnx*"):
             p.unlink()
         return done

@@ -13,6 +13,7 @@ from medret.errors import InputError
 from medret.runtime.backend import register
 from medret.runtime.cache import model_files
 from medret.runtime.exported import ExportedBackend
+from medret.runtime.onnx_backend import down_projections
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,19 @@ def convert(
 
             alphas = AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant)
             advanced = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+        kept = down_projections(src) if cfg.float_down_proj else []
         model = nncf.quantize(
             model,
             nncf.Dataset(calibration),
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calibration),
             preset=nncf.QuantizationPreset.MIXED,
+            ignored_scope=nncf.IgnoredScope(names=kept) if kept else None,
             advanced_parameters=advanced,
         )
         done = {"nncf": "quantize", "preset": "mixed", "model_type": "transformer"}
         done["smooth_quant"] = "nncf default" if cfg.smooth_quant is None else cfg.smooth_quant
+        done["fp32_matmuls_kept"] = len(kept)
         done["calibration_batches"] = len(calibration)
     elif cfg.quantize == "int4_weights":
         import nncf
@@ -131,6 +135,8 @@ class OpenVinoBackend(ExportedBackend):
             parts["nncf"] = versions["nncf"]
         if cfg.quantize == "int8" and cfg.smooth_quant is not None:
             parts["smooth_quant"] = cfg.smooth_quant  # absent at the default: earlier exports keep their keys
+        if cfg.float_down_proj:
+            parts["float_down_proj"] = True
         if cfg.quantize == "int4_weights":
             parts.update(int4_mode=cfg.int4_mode, group_size=cfg.group_size, ratio=cfg.ratio)
         return parts

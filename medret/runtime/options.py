@@ -67,6 +67,12 @@ def validate(cfg: Any) -> None:
             f"runtime.smooth_quant={cfg.smooth_quant}: only runtime=openvino runtime.quantize=int8 uses it "
             f"(this is runtime={cfg.name} quantize={cfg.quantize})"
         )
+    if cfg.float_down_proj and (cfg.name, cfg.quantize) not in (("onnx", "dynamic_int8"), ("openvino", "int8")):
+        always = " (static_int8 always keeps them)" if cfg.quantize == "static_int8" else ""
+        raise InputError(
+            f"runtime.float_down_proj=true: only runtime=onnx quantize=dynamic_int8 and runtime=openvino "
+            f"quantize=int8 use it{always} (this is runtime={cfg.name} quantize={cfg.quantize})"
+        )
     b.check(cfg)
     missing = missing_modules(cfg)
     if missing:
