@@ -217,9 +217,19 @@ class RunResult:
 
     @property
     def runtime_label(self) -> str:
-        """'torch', or 'NAME/MODE' for an exported runtime (its mode is a quantization of its own)."""
+        """'torch', or 'NAME/MODE' for an exported runtime (its mode is a quantization of its own), with what
+        else changes the deployed model: '+float_down_proj', '+sq=ALPHA', '@bf16' float ops."""
         name = self.runtime_name
-        return name if name == "torch" else f"{name}/{self.runtime_quantize}"
+        if name == "torch":
+            return name
+        conv = _get(self.raw, "runtime", "conversion", default=None) or {}
+        label = f"{name}/{self.runtime_quantize}"
+        if conv.get("fp32_matmuls_kept") and self.runtime_quantize != "static_int8":  # static int8 always keeps them
+            label += "+float_down_proj"
+        if isinstance(conv.get("smooth_quant"), (int, float)):
+            label += f"+sq={conv['smooth_quant']}"
+        precision = _get(self.raw, "runtime", "inference_precision", default="f32")
+        return label if precision in ("f32", "fp32") else f"{label}@{precision}"
 
     # --- sizes and bits ---
 

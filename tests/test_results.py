@@ -108,6 +108,20 @@ def test_an_exported_runtime_is_sized_and_timed_by_its_own_files_and_threads():
     assert run.deployed_bits == pytest.approx(8.0) and run.speed_key == ("cuda", 4)
 
 
+def test_runtime_label_names_what_else_changes_the_deployed_model():
+    def label(**runtime) -> str:
+        return RunResult.of({"metrics": {"ndcg@10": 0.6}, "runtime": runtime}).runtime_label
+
+    ov = {"name": "openvino", "quantize": "int8"}
+    assert label(**ov, inference_precision="f32", conversion={"smooth_quant": "nncf default"}) == "openvino/int8"
+    assert label(**ov, inference_precision="bf16", conversion={"fp32_matmuls_kept": 12}) == (
+        "openvino/int8+float_down_proj@bf16"
+    )
+    assert label(**ov, conversion={"smooth_quant": 0.5}) == "openvino/int8+sq=0.5"
+    # static int8 always keeps the down-projections: nothing to tell apart
+    assert label(name="onnx", quantize="static_int8", conversion={"fp32_matmuls_kept": 6}) == "onnx/static_int8"
+
+
 def test_unfinished_and_unreadable_runs(tmp_path):
     assert read_run(tmp_path) is None and not is_complete(tmp_path)
     (tmp_path / "results.json").write_text("[1, 2]")

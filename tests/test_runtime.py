@@ -226,9 +226,10 @@ def test_openvino_smooth_quant_alpha_is_its_own_variant_and_recorded(encoder, re
     assert np.abs(emb - default.encode(TEXTS, batch_size=16)).max() > 1e-6
 
 
-@pytest.mark.parametrize(
-    ("name", "quantize"), [pytest.param(*m, marks=_mark(m[0])) for m in [("onnx", "dynamic_int8"), ("openvino", "int8")]]
-)
+INT8_DYNAMIC_OR_PTQ = [("onnx", "dynamic_int8"), ("openvino", "int8")]
+
+
+@pytest.mark.parametrize(("name", "quantize"), [pytest.param(*m, marks=_mark(m[0])) for m in INT8_DYNAMIC_OR_PTQ])
 def test_float_down_proj_keeps_one_matmul_per_layer_in_float(encoder, reference, cache, name, quantize):
     """runtime.float_down_proj: the FFN down-projections (one per layer) stay float, the other weight MatMuls
     stay integer; another cache entry, the count recorded."""
