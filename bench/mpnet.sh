@@ -50,12 +50,12 @@ run scifact-openvino-int8-bf16-float-down-proj "${S[@]}" runtime=openvino runtim
 # "simulated" runtime): 5x faster to encode here than torch fp32, and the bf16 graph alone keeps 0.6557
 run scifact-nf4-g64-emb-openvino-bf16 "${S[@]}" quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true \
     runtime=openvino runtime.precision=bf16
-run scifact-onnx-dynamic-int8-float-down-proj "${S[@]}" runtime=onnx runtime.quantize=dynamic_int8 \
-    runtime.float_down_proj=true
 if [ ! -f "$OUT/scan-slice/sensitivity.json" ]; then
     /usr/bin/time -v -o "$OUT/scan-slice.time" "$PY" -m medret.sensitivity model=mpnet logger=none data=beir \
         data.path=../shared/data/scifact quant=nf quant.group_size=64 "scan.bits=[2,3]" \
         "scan.layers=[*layer.0.attention.attn.q]" "hydra.run.dir=$OUT/scan-slice" 2>&1 | tail -2
 fi
+run scifact-onnx-dynamic-int8-float-down-proj "${S[@]}" runtime=onnx runtime.quantize=dynamic_int8 \
+    runtime.float_down_proj=true
 run scifact-bf16 "${S[@]}" quant=bf16
 run scifact-bnb-int8 "${S[@]}" quant=bnb_int8
