@@ -45,7 +45,7 @@ run scifact-openvino-int8-bf16-float-down-proj "${S[@]}" runtime=openvino runtim
     runtime.precision=bf16 runtime.float_down_proj=true
 [ -f "$OUT/speed-int8.json" ] || $PY bench/runtime_speed.py --model parts://all-mpnet-base-v2 --max-length 384 \
     --docs 200 --repeats 2 --threads 2 --cache "$OUT/cache/speed" --out "$OUT/speed-int8.json" \
-    --only openvino/int8+float_down_proj/bf16 openvino/int8/bf16
+    --only openvino/int8+float_down_proj/bf16
 # medret's packed 4-bit weights (and table), decoded, served by the OpenVINO graph with bf16 float ops (the
 # "simulated" runtime): 5x faster to encode here than torch fp32, and the bf16 graph alone keeps 0.6557
 run scifact-nf4-g64-emb-openvino-bf16 "${S[@]}" quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true \
