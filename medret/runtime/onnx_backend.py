@@ -74,6 +74,7 @@ def _reader(batches: list[dict[str, np.ndarray]]) -> Any:
     return Reader()
 
 
+@_quiet_root()  # a generator context manager decorates too: entered afresh on each call
 def quantize(
     src: Path,
     dst: Path,
@@ -84,19 +85,6 @@ def quantize(
     float_down_proj: bool = False,
 ) -> dict[str, Any]:
     """Write the int8 graph of ``src`` to ``dst``; returns the settings used (for results.json)."""
-    with _quiet_root():
-        return _quantize(src, dst, mode, calibration, external, work, float_down_proj)
-
-
-def _quantize(
-    src: Path,
-    dst: Path,
-    mode: str,
-    calibration: list[dict[str, np.ndarray]] | None,
-    external: bool,
-    work: Path,
-    float_down_proj: bool,
-) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     pre = _preprocess(src, work / "preprocessed.onnx", external)
