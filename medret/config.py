@@ -59,6 +59,8 @@ class ModelConfig:
     autocast: str = "auto"  # auto (fp16 on cuda) | fp16 | bf16 | none; CPU always runs fp32
     trust_remote_code: bool = False
     adapter: str | None = None  # a train=qlora best_adapter dir: LoRA attached after quantization
+    # a saved quantized model.path is judged against this fp32 model; None = the source its manifest records
+    reference_path: str | None = None
 
 
 @dataclass

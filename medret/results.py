@@ -176,8 +176,16 @@ class RunResult:
         return _get(self.raw, "config", "model", "name", default="")
 
     @property
+    def saved_quant(self) -> dict:
+        """A saved quantized model's own quant record (evaluated by its folder: model.path=...), else {}."""
+        return _get(self.raw, "quant", "saved_quant", default={})
+
+    @property
     def scheme(self) -> str:
-        return str(_get(self.raw, "quant", "scheme") or _get(self.raw, "config", "quant", "name", default="none"))
+        saved = self.saved_quant.get("scheme")
+        return str(
+            saved or _get(self.raw, "quant", "scheme") or _get(self.raw, "config", "quant", "name", default="none")
+        )
 
     @property
     def side(self) -> str:
@@ -186,13 +194,15 @@ class RunResult:
 
     @property
     def scheme_label(self) -> str:
-        """The scheme as a table names it: 'nf', or 'nf (query only)' for a run that quantized one side."""
-        return self.scheme if self.side == "both" else f"{self.scheme} ({self.side} only)"
+        """The scheme as a table names it: 'nf', 'nf (query only)' for a run that quantized one side, 'kmeans+distill'
+        for a saved train=distill model."""
+        name = self.scheme + ("+distill" if "distill" in self.saved_quant else "")
+        return name if self.side == "both" else f"{name} ({self.side} only)"
 
     @property
     def bits(self) -> int | None:
-        """The width asked for (config quant.bits); None for fixed-width schemes."""
-        return _get(self.raw, "config", "quant", "bits")
+        """The width asked for (config quant.bits, or a saved model's); None for fixed-width schemes."""
+        return _get(self.raw, "config", "quant", "bits") or self.saved_quant.get("bits")
 
     @property
     def quant_bits(self) -> int | None:

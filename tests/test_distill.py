@@ -26,6 +26,7 @@ from medret.errors import InputError
 from medret.evaluation import run_evaluate
 from medret.models import load_retriever
 from medret.quant import calibration_corpus
+from medret.results import OUTCOMES, RunResult
 from medret.training import kinds, run_train
 from medret.training.distill_kind import embed, fidelity, split_texts, step_texts
 from tests import test_sensitivity as sens
@@ -97,8 +98,13 @@ def test_distill_moves_codes_lowers_the_loss_and_saves_what_evaluate_loads(wide_
     # evaluate's own encode path reads the same numbers
     np.testing.assert_allclose(student.encode(dev, 16), embed(student.model, student, dev, 16).numpy(), atol=1e-5)
 
+    assert manifest["source"]["path"] == str(wide_bert)  # the teacher: what evaluate judges the folder against
     ev = run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={best}"), tmp_path / "eval")
     assert ev["quant"]["loaded_packed"]
+    assert ev["quant"]["reference"]["path"] == str(wide_bert) and ev["verdict"]["outcome"] in OUTCOMES
+    fp32 = run_evaluate(compose_cfg(*SMALL_EVAL, f"model.path={wide_bert}"), tmp_path / "eval-fp32")
+    assert ev["deltas"]["ndcg@10"]["fp32"] == pytest.approx(fp32["metrics"]["ndcg@10"])
+    assert RunResult.of(ev).scheme_label == "kmeans+distill"
     assert ev["quant"]["effective_bits_per_param"] == pytest.approx(res["quant"]["effective_bits_per_param"])
     assert 3.5 < res["quant"]["effective_bits_per_param"] < 4.0  # 2-bit codes + a 4-entry fp16 codebook per 32-64 row
 

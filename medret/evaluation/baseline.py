@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from medret.cache import cache_key
+from medret.evaluation.judge import Judgement, judge
+from medret.retrieval import Retrieval, RetrievalSettings, retrieve
 from medret.storage import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def save_baseline(
@@ -64,3 +69,22 @@ def baseline_path(cfg, root: Path, identity: dict, retriever, data, ks: list[int
         "index": dataclasses.asdict(cfg.index),
     }
     return root / "baselines" / f"{cache_key(parts)}.npz"
+
+
+def fp32_baseline(retriever, data, cfg, ks, root: Path, identity: dict, judged: bool):
+    """(path, baseline) of the unquantized ``retriever``; computed once per (model, data) and cached on disk when
+    the run is ``judged`` against it (an fp32 run writes its own)."""
+    base_file = baseline_path(cfg, root, identity, retriever, data, ks)
+    base = load_baseline(base_file, data.query_ids)
+    if judged and base is None and cfg.cache.only_shard is None:
+        log.info("fp32 baseline not cached: computing it once (%s)", base_file)
+        fp32 = retrieve(
+            retriever, data, RetrievalSettings.of(cfg), ks[-1], root, {"weights": identity, "quant": {"name": "none"}}
+        )
+        save_fp32_baseline(base_file, fp32, judge(fp32, data, ks, None, cfg.eval, cfg.seed))
+        base = load_baseline(base_file, data.query_ids)
+    return base_file, base
+
+
+def save_fp32_baseline(path: Path, out: Retrieval, j: Judgement) -> None:
+    save_baseline(path, j.qids, j.per_query, out.ranked_ids, out.query_emb, out.corpus.sample)

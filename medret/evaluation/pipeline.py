@@ -20,7 +20,7 @@ from medret.cache.options import check_cache_options
 from medret.config import EvalConfig, EvaluateConfig, typed
 from medret.data import RetrievalDataset, check_data_options, load_dataset
 from medret.errors import InputError
-from medret.evaluation import baseline as bl
+from medret.evaluation.baseline import fp32_baseline, save_fp32_baseline
 from medret.evaluation.judge import Judgement, check_eval, judge, per_query_rows
 from medret.evaluation.profiles import (
     Profile,
@@ -30,13 +30,14 @@ from medret.evaluation.profiles import (
     load_profiles,
     slice_summary,
 )
+from medret.evaluation.reference import reference_baseline, reference_model
 from medret.evaluation.sides import check_side, export_key, quantize_sides, run_key
 from medret.index import check_gpu_limits, check_index_options, factory_string
 from medret.index.faiss_index import choose_placement
 from medret.metrics import headline
 from medret.models import Retriever, load_retriever
 from medret.models.encoder import check_model_folders, check_model_options, doc_max_length, resolve_model_path
-from medret.models.saving import save_quantized
+from medret.models.saving import save_quantized, source_of
 from medret.quant import (
     QuantPlan,
     calibration_corpus,
@@ -155,30 +156,15 @@ def is_variant(cfg: EvaluateConfig) -> bool:
     return cfg.quant.name != "none" or cfg.runtime.name != "torch"
 
 
-def fp32_baseline(retriever: Retriever, data, cfg: EvaluateConfig, ks, root: Path, identity: dict):
-    """(path, baseline) of the unquantized model; computed once per (model, data) and cached on disk."""
-    base_file = bl.baseline_path(cfg, root, identity, retriever, data, ks)
-    base = bl.load_baseline(base_file, data.query_ids)
-    if is_variant(cfg) and base is None and cfg.cache.only_shard is None:
-        log.info("fp32 baseline not cached: computing it once (%s)", base_file)
-        fp32 = retrieve(
-            retriever, data, RetrievalSettings.of(cfg), ks[-1], root, {"weights": identity, "quant": {"name": "none"}}
-        )
-        save_fp32_baseline(base_file, fp32, judge(fp32, data, ks, None, cfg.eval, cfg.seed))
-        base = bl.load_baseline(base_file, data.query_ids)
-    return base_file, base
-
-
-def save_fp32_baseline(path: Path, out: Retrieval, j: Judgement) -> None:
-    bl.save_baseline(path, j.qids, j.per_query, out.ranked_ids, out.query_emb, out.corpus.sample)
-
-
-def quantize_stage(retriever: Retriever, cfg: EvaluateConfig, plan: QuantPlan, calibration) -> tuple[dict, dict]:
+def quantize_stage(
+    retriever: Retriever, cfg: EvaluateConfig, plan: QuantPlan, calibration, identity: dict
+) -> tuple[dict, dict]:
     """Quantize in place (only quant.side's encoders); returns (quant info for results.json, the quant part of
-    cache keys)."""
+    cache keys). ``identity``: the fp32 weights' digests, recorded as a saved model's source."""
     info = quantize_sides(retriever, plan, calibration)
     if plan.config.save_dir and plan.config.name != "none":
-        info["saved_to"] = str(save_quantized(retriever, Path(plan.config.save_dir), info))
+        source = source_of(cfg.model, identity)
+        info["saved_to"] = str(save_quantized(retriever, Path(plan.config.save_dir), info, source))
     qkey = plan.cache_key
     if cfg.model.adapter:  # LoRA wraps the packed modules: they stay packed, decoded per forward
         qkey = {**qkey, "adapter": attach_adapter(retriever, cfg, info, plan.identity)}
@@ -357,6 +343,8 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     cfg.quant = dataclasses.replace(cfg.quant, side=side)
     plan = check_options(cfg, auto)
     check_model_folders(cfg.model)
+    reference = reference_model(cfg.model)  # a saved quantized model: judged against the fp32 model it came from
+    judged = is_variant(cfg) or reference is not None
     if auto:  # written only for a run whose options all passed
         write_choice(plan.config, auto, run_dir)
     data, ks = load_checked_data(cfg)
@@ -374,8 +362,13 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
     if plan.needs_calibration:  # unlabelled corpus texts: Fisher weights, GPTQ's Hessians, refinement's targets
         calibration = calibration_corpus(data.doc_texts, plan.config)
         check_quant_memory(retriever, plan, calibration)  # a run that cannot fit says so before the fp32 pass
-    base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity)
-    quant_info, qkey = quantize_stage(retriever, cfg, plan, calibration)
+    if reference is None:
+        base_file, base = fp32_baseline(retriever, data, cfg, ks, root, identity, judged)
+    else:
+        base_file, base, ref_info = reference_baseline(reference, data, cfg, ks, root)
+    quant_info, qkey = quantize_stage(retriever, cfg, plan, calibration, identity)
+    if reference is not None:  # the fp32 side of the size comparison is the source's
+        quant_info.update(ref_info)
     if auto:  # the choice, its budget, and the bits/param the real quantization reached
         achieved = "effective_bits_per_param_all" if auto.get("budget_over") == "model" else "effective_bits_per_param"
         quant_info["auto"] = {**auto, "achieved_bits_per_param": quant_info.get(achieved)}
@@ -385,13 +378,13 @@ def run_evaluate(cfg: EvaluateConfig | DictConfig, run_dir: Path) -> dict[str, A
 
     retriever, runtime_info, key = runtime_stage(retriever, data, cfg, root, key)
     out = retrieve(retriever, data, RetrievalSettings.of(cfg), ks[-1], root, key)
-    j = judge(out, data, ks, base if is_variant(cfg) else None, cfg.eval, cfg.seed)
-    if not is_variant(cfg) and base is None:
+    j = judge(out, data, ks, base if judged else None, cfg.eval, cfg.seed)
+    if not judged and base is None:
         save_fp32_baseline(base_file, out, j)
     device = retriever.doc.device
     results = build_results(cfg, dataclasses.asdict(cfg), data, out, j, quant_info, root, base_file, device, t_start)
     results["runtime"] = runtime_info
-    results.update(profile_results(cfg, j, base if is_variant(cfg) else None, ks))
+    results.update(profile_results(cfg, j, base if judged else None, ks))
     publish(cfg, run_dir, results, per_query_rows(j, data, base), data, out)
     log.info(
         "%s  (%d queries)%s -> %s",

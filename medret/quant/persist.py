@@ -55,12 +55,20 @@ def packed_modules(model: torch.nn.Module) -> dict[str, dict]:
     return modules
 
 
-def manifest(model: torch.nn.Module, quant_info: dict) -> str:
+def manifest(model: torch.nn.Module, quant_info: dict, source: dict | None = None) -> str:
+    """``source``: the fp32 model the packed one was made from (``path``, ``revision``, ``weights`` digest), so
+    that evaluate can judge the saved model against it."""
     info = {k: v for k, v in quant_info.items() if k != "layers"}
     rotated = rotate.rotations(model)
-    return json.dumps(
-        {"quant": info, "modules": packed_modules(model), **({"rotations": rotated} if rotated else {})}, indent=1
-    )
+    extra = {"rotations": rotated} if rotated else {}
+    if source:
+        extra["source"] = source
+    return json.dumps({"quant": info, "modules": packed_modules(model), **extra}, indent=1)
+
+
+def saved_manifest(path: str) -> dict:
+    """A saved folder's manifest as written (quant info, modules, source)."""
+    return json.loads((Path(path) / MANIFEST).read_text())
 
 
 def load_quantized(path: str, trust_remote_code: bool = False) -> torch.nn.Module:

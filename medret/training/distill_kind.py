@@ -268,9 +268,9 @@ class DistillKind(QatKind):
             "reverted": reverted,  # no dev score beat the rounding's: its codes and floats were written
         }
         info = {**{k: v for k, v in meta["quant"].items() if k != "layers"}, "distill": distill}
-        save_quantized(s.retriever, run_dir / "best_model", info)
+        save_quantized(s.retriever, run_dir / "best_model", info, s.source)
         if s.cfg.quant.save_dir:
-            info["saved_to"] = str(save_quantized(s.retriever, Path(s.cfg.quant.save_dir), info))
+            info["saved_to"] = str(save_quantized(s.retriever, Path(s.cfg.quant.save_dir), info, s.source))
         log.info(
             "distill: %d of %d codes moved (%.2f%%)",
             moved["codes_moved"],

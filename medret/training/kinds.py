@@ -143,7 +143,7 @@ class QatKind(TrainKind):
         if shared:
             s.retriever.query.model = s.retriever.doc.model
         info = quantize_retriever(s.retriever, s.cfg.quant)
-        save_quantized(s.retriever, run_dir / "best_model", info)
+        save_quantized(s.retriever, run_dir / "best_model", info, s.source)
         return {k: v for k, v in info.items() if k != "layers"}
 
 

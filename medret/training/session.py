@@ -16,6 +16,8 @@ from medret.config import TrainRootConfig
 from medret.data import RetrievalDataset
 from medret.errors import InputError
 from medret.models import Retriever, load_retriever
+from medret.models.saving import source_of
+from medret.retrieval import model_identity
 from medret.storage import digest, write_json
 from medret.training.kinds import TrainKind, train_kind
 
@@ -38,6 +40,7 @@ class Session:
     sched: Any
     kind_meta: dict | None  # what the kind's prepare returned (qlora: the adapters' meta)
     mixed_precision: str
+    source: dict  # the fp32 model as loaded (models.saving.source_of): a saved quantized model's reference
 
     def unwrapped(self) -> list:
         return [self.acc.unwrap_model(e.model) for e in self.retriever.encoders()]
@@ -50,6 +53,7 @@ def make_session(cfg: TrainRootConfig, data: RetrievalDataset) -> Session:
     t, kind = cfg.train, train_kind(cfg.train.name)
     torch.manual_seed(cfg.seed)
     retriever = load_retriever(cfg.model)
+    source = source_of(cfg.model, model_identity(retriever))  # before prepare quantizes it
     kind_meta = kind.prepare(retriever, data, cfg)
     mp = t.mixed_precision if t.mixed_precision != "auto" else ("fp16" if retriever.doc.device.type == "cuda" else "no")
     acc = Accelerator(
@@ -64,7 +68,7 @@ def make_session(cfg: TrainRootConfig, data: RetrievalDataset) -> Session:
     retriever.doc.model = models[0]
     retriever.query.model = models[-1]
     kind.hook_checkpoints(acc)
-    return Session(cfg, kind, retriever, acc, models, params, opt, sched, kind_meta, mp)
+    return Session(cfg, kind, retriever, acc, models, params, opt, sched, kind_meta, mp, source)
 
 
 def _config_hash(cfg: TrainRootConfig) -> str:
