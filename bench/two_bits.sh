@@ -28,3 +28,19 @@ run auto-2.5-nfch-c512-refine300 "${R[@]}" quant.target_bits=2.5
 #    (2% / 8% / 90% of rows by corpus token count; ~2.4 bits/row-param) + fp32 position embeddings and LayerNorms
 run auto-2.6-nfch-c512-refine300-emb-tiers432 "${R[@]}" quant.target_bits=2.6 quant.embeddings=true \
     "quant.embedding_bits=[4,3,2]" "quant.embedding_tiers=[0.02,0.1]"
+# 3. 2 bits over the linears: nf per channel (2 bits + one fp16 scale per row: 2.03 bits/param), GPTQ act-order over
+#    512 corpus texts, then train=distill (codes may move; 2,048 corpus texts, 200 held out; never the queries);
+#    its packed best_model is evaluated by its folder, judged against the fp32 model it was made from.
+D=(quant=nf quant.bits=2 quant.granularity=channel quant.method=gptq quant.act_order=true quant.calibration_texts=512)
+distill() {  # NAME TRAIN_OVERRIDES...
+    local name=$1; shift
+    if [ ! -f "$OUT/$name/train/train_results.json" ]; then
+        echo "== $name (train.py): $*"
+        /usr/bin/time -v -o "$OUT/$name-train.time" "$PY" train.py train=distill data=beir "data.path=$DATA" \
+            data.split=test logger=none "$@" "hydra.run.dir=$OUT/$name/train" 2>&1 | grep -E "distill:|error" || true
+        grep -E "Maximum resident|Elapsed" "$OUT/$name-train.time"
+    fi
+    run "$name" "model.path=$OUT/$name/train/best_model"
+}
+run nfch2-c512-refine300 "${D[@]}" quant.refine_steps=300
+distill nfch2-c512-distill300 "${D[@]}" train.max_steps=300
