@@ -19,19 +19,9 @@ run() {  # NAME OVERRIDES...
     grep -E "Maximum resident|Elapsed" "$OUT/$name.time"
 }
 SCAN=bench/results/frontier-scifact/scan-nf-g64/sensitivity.json
-# the refined 3-bit recipe that keeps 100.0% at 3.0 bits (docs/RESULTS.md), at lower budgets
-R=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:nf,granularity:channel}" quant.method=gptq
-   quant.act_order=true quant.calibration_texts=512 quant.refine_steps=300)
-# 1. 2.5 bits/param over the linears
-run auto-2.5-nfch-c512-refine300 "${R[@]}" quant.target_bits=2.5
-# 2. the whole model under 8 MB: linears at 2.6 bits + the word-embedding table in frequency tiers 4/3/2 bits
-#    (2% / 8% / 90% of rows by corpus token count; ~2.4 bits/row-param) + fp32 position embeddings and LayerNorms
-run auto-2.6-nfch-c512-refine300-emb-tiers432 "${R[@]}" quant.target_bits=2.6 quant.embeddings=true \
-    "quant.embedding_bits=[4,3,2]" "quant.embedding_tiers=[0.02,0.1]"
-# 3. 2 bits over the linears: nf per channel (2 bits + one fp16 scale per row: 2.03 bits/param), GPTQ act-order over
-#    512 corpus texts, then train=distill (codes may move; 2,048 corpus texts, 200 held out; never the queries);
-#    its packed best_model is evaluated by its folder, judged against the fp32 model it was made from.
-D=(quant=nf quant.bits=2 quant.granularity=channel quant.method=gptq quant.act_order=true quant.calibration_texts=512)
+G=(quant.method=gptq quant.act_order=true quant.calibration_texts=512)
+# train=distill (codes may move; 2,048 corpus texts, 200 held out, never the queries), then its packed best_model
+# evaluated by its folder: judged against the fp32 model it was made from
 distill() {  # NAME TRAIN_OVERRIDES...
     local name=$1; shift
     if [ ! -f "$OUT/$name/train/train_results.json" ]; then
@@ -42,5 +32,10 @@ distill() {  # NAME TRAIN_OVERRIDES...
     fi
     run "$name" "model.path=$OUT/$name/train/best_model"
 }
-run nfch2-c512-refine300 "${D[@]}" quant.refine_steps=300
-distill nfch2-c512-distill300 "${D[@]}" train.max_steps=300
+# 1. 2.5 bits/param over the linears. The refined 3.0-bit recipe (nf per channel, 100.0% at 3.0 bits) at 2.5 bits;
+#    then the k-means per channel grid (96.6% at 2.49 bits unrefined, docs/RESULTS.md) distilled, and refined
+NF=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:nf,granularity:channel}" "${G[@]}")
+KM=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:kmeans,granularity:channel}" "${G[@]}")
+run auto-2.5-nfch-c512-refine300 "${NF[@]}" quant.target_bits=2.5 quant.refine_steps=300
+distill auto-2.5-kmeansch-c512-distill300 "${KM[@]}" quant.target_bits=2.5 train.max_steps=300
+run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300

@@ -200,6 +200,14 @@ def test_auto_over_the_whole_model_meets_its_budget_in_bytes(table_scan, tiny_be
         replace(auto, budget_over="linears", target_bits=3.5), str(tiny_bert), None, None, lambda: str(tiny_bert)
     )
     assert not lin.embeddings and "embedding_bits" not in lin_info
+    # ... and with the table set by the run (outside the linears' budget), the run's tiers are kept as set
+    own = dict(embeddings=True, embedding_bits=[4, 2], embedding_tiers=[0.2])
+    mine, mine_info = resolve_auto(
+        replace(auto, budget_over="linears", target_bits=3.5, **own), str(tiny_bert), None, None, lambda: str(tiny_bert)
+    )
+    assert mine_info["bits_per_layer"] == lin_info["bits_per_layer"]  # the linears' choice does not change
+    assert (mine.embeddings, mine.embedding_bits, mine.embedding_tiers) == (True, [4, 2], [0.2])
+    assert mine.overrides == lin.overrides and mine.bits == lin.bits
 
 
 def test_bad_budget_and_scan_options_are_one_error_line(table_scan, tiny_bert, tmp_path):
@@ -211,6 +219,10 @@ def test_bad_budget_and_scan_options_are_one_error_line(table_scan, tiny_bert, t
         "quant.budget_over='all': expected linears or model": replace(auto, budget_over="all"),
         "quant.budget_over=model: ": replace(auto, budget_over="model", sensitivity=str(plain)),
         "effective bits/param over every parameter of the model": replace(auto, budget_over="model", target_bits=1.0),
+        # the budget over the whole model prices the table: a table set by the run would be silently replaced
+        "quant.embeddings=True: quant=auto takes the scheme and its options from the scan": replace(
+            auto, budget_over="model", embeddings=True
+        ),
     }
     for expected, cfg in cases.items():
         with pytest.raises(InputError) as err:

@@ -254,10 +254,10 @@ def test_bad_auto_options_fail_before_the_model_loads(scan, tiny_bert, tmp_path)
             "quant.target_bits=3",
             "quant.sensitivity_measure=mse",
         ],
-        "quant.embeddings=True: quant=auto takes the scheme and its options from the scan": [
+        "quant.kmeans_iters=5: quant=auto takes the scheme and its options from the scan": [
             f"quant.sensitivity={elsewhere}",
             "quant.target_bits=3",
-            "quant.embeddings=true",
+            "quant.kmeans_iters=5",
         ],
     }
     for expected, extra in cases.items():

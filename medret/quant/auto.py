@@ -30,7 +30,7 @@ from medret.errors import InputError
 from medret.quant.budget import DEFAULT_STEPS, choose_options
 from medret.quant.checks import validate
 from medret.quant.layers import quantize_weight
-from medret.quant.options import as_config, grid_keys, quant_identity, run_fields
+from medret.quant.options import TABLE, as_config, grid_keys, quant_identity, run_fields
 from medret.quant.registry import Scheme, names, register, scheme
 from medret.quant.select import group_size_for
 from medret.storage import write_atomic
@@ -62,10 +62,12 @@ AUTO = register(
 
 
 def _check_scan_decides(cfg: QuantConfig) -> None:
-    """The scheme's options are the scan's (or quant.grid's): one the run sets would be silently replaced."""
+    """The scheme's options are the scan's (or quant.grid's): one the run sets would be silently replaced. The
+    word-embedding table is the run's while the budget is over the linears alone (budget_over=model prices it)."""
     default = QuantConfig()
+    own = {*run_fields(), "name", *AUTO.options, *(TABLE if cfg.budget_over == "linears" else ())}
     for key in QuantConfig.__dataclass_fields__:
-        if key not in {*run_fields(), "name", *AUTO.options} and getattr(cfg, key) != getattr(default, key):
+        if key not in own and getattr(cfg, key) != getattr(default, key):
             raise InputError(
                 f"quant.{key}={getattr(cfg, key)!r}: quant=auto takes the scheme and its options from the scan; "
                 "set them when scanning (or round on another grid with quant.grid)"
@@ -247,12 +249,13 @@ def choice_config(
     scan: dict, bits_per_layer: dict[str, int], run: QuantConfig, embedding_bits: list[int] | None = None
 ) -> QuantConfig:
     """The scan's scheme with the chosen widths: the commonest width on top, the others as exact-name overrides;
-    with ``embedding_bits`` the table in the scan's frequency tiers at those widths."""
+    with ``embedding_bits`` the table in the scan's frequency tiers at those widths, else the run's own table
+    options (quant.embeddings, quant.embedding_bits / embedding_tiers)."""
     counts = collections.Counter(bits_per_layer.values())
     top = max(sorted(counts), key=lambda b: counts[b])  # ties: the lowest width
     fields = {k: v for k, v in scan["quant"].items() if k in QuantConfig.__dataclass_fields__}
     overrides = {name: {"bits": b} for name, b in bits_per_layer.items() if b != top}
-    table = {}
+    table = {k: getattr(run, k) for k in TABLE}  # budget over the linears: the table as the run set it
     if embedding_bits is not None:
         tiers = list(scan["embedding"]["tiers"])
         table = {"embeddings": True, "embedding_bits": list(embedding_bits), "embedding_tiers": tiers or None}

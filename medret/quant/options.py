@@ -23,6 +23,7 @@ CALIBRATION = ("calibration_texts", "calibration_seed")  # which corpus texts a 
 REFINEMENT = ("refine_steps", "refine_lr")  # after rounding, by any method: the stored floats fitted to fp32
 GRID_SHAPE = ("granularity", "group_size", "outlier_fraction")  # every custom scheme's grid layout
 ROTATION = ("rotate", "rotate_seed")  # before rounding, by any method: the basis the weights are rounded in
+TABLE = ("embeddings", "embedding_bits", "embedding_tiers")  # the word-embedding table: plain or in frequency tiers
 # options added after caches existed: at these values they stay out of identities, so older cache keys hold
 QUIET_DEFAULTS = {"embeddings": False, "calibration_seed": 0, "method": "rtn", "side": "both"}
 QUIET_DEFAULTS |= {"rotate": "none", "rotate_seed": 0}
