@@ -283,9 +283,15 @@ def test_quant_auto_is_resolved_into_its_per_layer_widths_then_trained(tiny_bert
             "quant.method=gptq",
             "quant.calibration_texts=16",
             "train.max_steps=2",
+            # the table is the run's own under the linears' budget: stored in frequency tiers beside the mix
+            "quant.embeddings=true",
+            "quant.embedding_bits=[4,2]",
+            "quant.embedding_tiers=[0.2]",
         ),
         tmp_path / "run",
     )
     assert res["config"]["quant"]["name"] != "auto" and res["config"]["quant"]["overrides"]
     modules = json.loads((Path(res["best_model"]) / "medret_quant.json").read_text())["modules"]
-    assert len(modules) == 12 and {m["bits"] for m in modules.values()} == set(sens.SCAN_BITS)  # mixed widths, kept
+    linears = {n: m for n, m in modules.items() if m["kind"] == "linear"}
+    assert len(linears) == 12 and {m["bits"] for m in linears.values()} == set(sens.SCAN_BITS)  # mixed widths, kept
+    assert [m["kind"] for n, m in modules.items() if n not in linears] == ["tiered_embedding"]
