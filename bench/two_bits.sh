@@ -38,7 +38,6 @@ NF=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:nf,granularity:channe
 KM=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:kmeans,granularity:channel}" "${G[@]}")
 run auto-2.5-nfch-c512-refine300 "${NF[@]}" quant.target_bits=2.5 quant.refine_steps=300
 distill auto-2.5-kmeansch-c512-distill300 "${KM[@]}" quant.target_bits=2.5 train.max_steps=300
-run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300
 # 2. The whole model under 8 MB: linears at 2.6 bits (k-means per channel mix, distilled) + the word-embedding table
 #    in frequency tiers 4/3/2 bits (2% / 8% / 90% of rows by corpus token count, ~2.4 bits) + fp32 position
 #    embeddings and LayerNorms (0.91 MB); the tiered table is the run's own (outside the linears' budget)
@@ -47,3 +46,6 @@ distill auto-2.6-kmeansch-tiers432-c512-distill300 "${KM[@]}" quant.target_bits=
 # 3. 2 bits over the linears: k-means per channel, 2-bit codes everywhere (2.125 bits/param with the fp16 codebooks),
 #    GPTQ act-order over 512 texts, distilled
 distill kmeansch2-c512-distill300 quant=kmeans quant.bits=2 quant.granularity=channel "${G[@]}" train.max_steps=300
+# 4. refinement (stored floats only, 300 steps) instead of distillation, on the 2.5-bit k-means mix: what moving the
+#    codes adds
+run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300
