@@ -142,11 +142,33 @@ def test_the_table_writer():
     )  # the header keeps its padding, as before
 
 
-def _quant_table():
-    spec = importlib.util.spec_from_file_location("quant_table", ROOT / "bench" / "quant_table.py")
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _quant_table():
+    return _bench("quant_table")
+
+
+def test_frontier_table_names_a_saved_model_by_its_own_scheme_and_leaves_its_quantize_time_blank(tmp_path):
+    run = result("reject", (-0.022, -0.017))
+    run["quant"] = {
+        "scheme": "none",
+        "effective_bits_per_param": 2.49,
+        "quantize_s": 0.01,
+        "model_bytes": 7_850_000,
+        "saved_quant": {"scheme": "kmeans", "bits": 2, "distill": {"codes_moved": 87}},
+    }
+    run["profiles"] = {"screening": {"outcome": "accept"}, "exploration": {"outcome": "reject"}}
+    run["fidelity"] = {"embedding_cosine": {"mean": 0.9375}}
+    (tmp_path / "results.json").write_text(json.dumps(run))
+    row = _bench("frontier_table").row(tmp_path, "distilled", 0.6, model_mb=True)
+    assert row["quantize s"] == "" and row["model MB"] == "7.85" and row["profiles"] == "scr:A exp:R"
+    assert row["retention"] == f"{100 * (0.6 - 0.0195) / 0.6:.1f}%" and row["verdict"] == "reject"
+    assert RunResult.of(run).scheme_label == "kmeans+distill"
 
 
 def test_quant_table_default_plan_holds_no_scheme_that_needs_a_scan(monkeypatch, capsys):
