@@ -57,6 +57,9 @@ distill auto-2.5-kmeansch-c512-distill300-latent0.03 "${KM[@]}" quant.target_bit
 # ... and the whole-model row with the accepted row's latent lr
 distill auto-2.6-kmeansch-tiers432-c512-distill300-latent0.03 "${KM[@]}" quant.target_bits=2.6 "${TIERS[@]}" \
     train.max_steps=300 train.distill_latent_lr=0.03
+# ... and the 2-bit row at that latent lr
+distill kmeansch2-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.granularity=channel "${G[@]}" \
+    train.max_steps=300 train.distill_latent_lr=0.03
 # 5. refinement (stored floats only, 300 steps) instead of distillation, on the 2.5-bit k-means mix: what moving the
 #    codes adds
 run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300
