@@ -9,6 +9,7 @@ line before any model loads; every architecture and custom grid trains and saves
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -68,8 +69,11 @@ def _run(path: Path, out: Path, *extra: str) -> dict:
     return run_train(train_cfg(path, *DISTILL, *KMEANS2, *extra), out)
 
 
-def test_distill_moves_codes_lowers_the_loss_and_saves_what_evaluate_loads(wide_bert, tmp_path):
-    res = _run(wide_bert, tmp_path, "train.max_steps=30", "train.distill_latent_lr=0.02", "train.lr=1e-3")
+def test_distill_moves_codes_lowers_the_loss_and_saves_what_evaluate_loads(wide_bert, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="medret.training.trainer"):
+        res = _run(wide_bert, tmp_path, "train.max_steps=30", "train.distill_latent_lr=0.02", "train.lr=1e-3")
+    dev_lines = [m for m in (r.getMessage() for r in caplog.records) if m.startswith("step ") and "dev cosine" in m]
+    assert len(dev_lines) == 3 and dev_lines[-1].startswith("step 30: loss ")  # each dev evaluation, in the log
     d = res["quant"]["distill"]
     losses = [h["loss"] for h in res["history"]]
     assert len(losses) == 30 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses

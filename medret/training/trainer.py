@@ -57,6 +57,16 @@ def run_train(cfg: TrainRootConfig | DictConfig, run_dir: Path) -> dict[str, Any
             if state[f"best_dev_{metric}"] is None or record[f"dev_{metric}"] > state[f"best_dev_{metric}"]:
                 state[f"best_dev_{metric}"], state["best_step"] = record[f"dev_{metric}"], step
                 s.kind.keep_best(s, run_dir, step)
+            # in the log too: the bar's line is overwritten, and the run's log file keeps no tqdm output
+            log.info(
+                "step %d: loss %.4f, dev %s %.4f (best %.4f at step %d)",
+                step,
+                loss,
+                metric,
+                record[f"dev_{metric}"],
+                state[f"best_dev_{metric}"],
+                state["best_step"],
+            )
         state["history"].append(record)
         tracker.log_metrics(record, step)
         bar.update(1)
