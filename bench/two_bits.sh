@@ -37,15 +37,18 @@ distill() {  # NAME TRAIN_OVERRIDES...
 NF=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:nf,granularity:channel}" "${G[@]}")
 KM=(quant=auto "quant.sensitivity=$SCAN" "quant.grid={name:kmeans,granularity:channel}" "${G[@]}")
 run auto-2.5-nfch-c512-refine300 "${NF[@]}" quant.target_bits=2.5 quant.refine_steps=300
-distill auto-2.5-kmeansch-c512-distill300 "${KM[@]}" quant.target_bits=2.5 train.max_steps=300
+distill auto-2.5-kmeansch-c512-distill300 "${KM[@]}" quant.target_bits=2.5 train.max_steps=300 \
+    train.distill_latent_lr=0.001
 # 2. The whole model under 8 MB: linears at 2.6 bits (k-means per channel mix, distilled) + the word-embedding table
 #    in frequency tiers 4/3/2 bits (2% / 8% / 90% of rows by corpus token count, ~2.4 bits) + fp32 position
 #    embeddings and LayerNorms (0.91 MB); the tiered table is the run's own (outside the linears' budget)
 TIERS=(quant.embeddings=true "quant.embedding_bits=[4,3,2]" "quant.embedding_tiers=[0.02,0.1]")
-distill auto-2.6-kmeansch-tiers432-c512-distill300 "${KM[@]}" quant.target_bits=2.6 "${TIERS[@]}" train.max_steps=300
+distill auto-2.6-kmeansch-tiers432-c512-distill300 "${KM[@]}" quant.target_bits=2.6 "${TIERS[@]}" train.max_steps=300 \
+    train.distill_latent_lr=0.001
 # 3. 2 bits over the linears: k-means per channel, 2-bit codes everywhere (2.125 bits/param with the fp16 codebooks),
 #    GPTQ act-order over 512 texts, distilled
-distill kmeansch2-c512-distill300 quant=kmeans quant.bits=2 quant.granularity=channel "${G[@]}" train.max_steps=300
+distill kmeansch2-c512-distill300 quant=kmeans quant.bits=2 quant.granularity=channel "${G[@]}" train.max_steps=300 \
+    train.distill_latent_lr=0.001
 # 4. the same distillation with the latent weights moving 10x faster (train.distill_latent_lr=0.01; the default
 #    0.001 moved 87 of 10.6M codes in 300 steps): whether moving the codes adds to fitting the floats
 distill auto-2.5-kmeansch-c512-distill300-latent0.01 "${KM[@]}" quant.target_bits=2.5 train.max_steps=300 \
