@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,15 @@ def saved(tiny_bert, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     over = tiny_overrides(tiny_bert, "logger=none", f"cache.dir={root / 'c'}", *NF4, f"quant.save_dir={root / 'q'}")
     return run_evaluate(compose_cfg(*over), root / "run"), root / "q", root / "c"
+
+
+def _copy_editing(folder: Path, dest: Path, edit) -> Path:
+    """A copy of the saved folder whose manifest ``edit(manifest)`` changed in place."""
+    shutil.copytree(folder, dest)
+    manifest = json.loads((dest / "medret_quant.json").read_text())
+    edit(manifest)
+    (dest / "medret_quant.json").write_text(json.dumps(manifest))
+    return dest
 
 
 def _eval(tiny_bert, tmp_path, cache, *extra) -> dict:
@@ -51,11 +61,7 @@ def test_a_folder_saved_without_its_source_is_unjudged_unless_the_reference_is_n
     tiny_bert, saved, tmp_path, caplog
 ):
     first, folder, cache = saved
-    old = tmp_path / "old"
-    shutil.copytree(folder, old)
-    manifest = json.loads((old / "medret_quant.json").read_text())
-    del manifest["source"]  # as medret wrote it before sources were recorded
-    (old / "medret_quant.json").write_text(json.dumps(manifest))
+    old = _copy_editing(folder, tmp_path / "old", lambda m: m.pop("source"))  # as saved before sources were recorded
     with caplog.at_level(logging.WARNING):
         plain = _eval(tiny_bert, tmp_path / "a", cache, f"model.path={old}")
     assert "verdict" not in plain and "saved without the fp32 model it came from" in caplog.text
@@ -68,11 +74,8 @@ def test_a_source_whose_weights_changed_or_a_reference_for_an_fp32_model_is_one_
     tiny_bert, tiny_bert_query, saved, tmp_path
 ):
     _, folder, cache = saved
-    moved = tmp_path / "moved"
-    shutil.copytree(folder, moved)
-    manifest = json.loads((moved / "medret_quant.json").read_text())
-    manifest["source"]["path"] = str(tiny_bert_query)  # another model now sits where the source was
-    (moved / "medret_quant.json").write_text(json.dumps(manifest))
+    # another model now sits where the source was
+    moved = _copy_editing(folder, tmp_path / "moved", lambda m: m["source"].update(path=str(tiny_bert_query)))
     with pytest.raises(
         InputError,
         match=r"model.path: the saved model's manifest records its fp32 source .*"

@@ -73,7 +73,7 @@ def saved_manifest(path: str) -> dict:
 
 def load_quantized(path: str, trust_remote_code: bool = False) -> torch.nn.Module:
     root = Path(path)
-    saved = json.loads((root / MANIFEST).read_text())
+    saved = saved_manifest(path)
     model = AutoModel.from_config(AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code))
     rotate.restore(model, saved.get("rotations", {}), str(root / MANIFEST))
     modules = dict(model.named_modules())
