@@ -84,5 +84,8 @@ def test_a_source_whose_weights_changed_or_a_reference_for_an_fp32_model_is_one_
         _eval(tiny_bert, tmp_path / "a", cache, f"model.path={moved}")
     with pytest.raises(InputError, match=r"model.reference_path=.*only a saved quantized model"):
         _eval(tiny_bert, tmp_path / "b", cache, f"model.reference_path={tiny_bert_query}")
-    with pytest.raises(InputError, match=r"no such model folder"):
+    gone = _copy_editing(folder, tmp_path / "gone-source", lambda m: m["source"].update(path=str(tmp_path / "gone")))
+    with pytest.raises(InputError, match=r"^model.path=.*gone-source: its manifest's source.path=.*: no such model"):
+        _eval(tiny_bert, tmp_path / "d", cache, f"model.path={gone}")
+    with pytest.raises(InputError, match=r"^model.reference_path=.*gone: no such model folder$"):
         _eval(tiny_bert, tmp_path / "c", cache, f"model.path={folder}", f"model.reference_path={tmp_path / 'gone'}")

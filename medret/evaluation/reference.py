@@ -20,7 +20,7 @@ from medret.config import ModelConfig
 from medret.errors import InputError
 from medret.evaluation.baseline import fp32_baseline
 from medret.models import load_retriever
-from medret.models.encoder import check_model_folders, resolve_model_path
+from medret.models.encoder import check_model_source, resolve_model_path
 from medret.quant import state_bytes
 from medret.quant.persist import is_quantized_dir, saved_manifest
 from medret.retrieval import model_identity
@@ -80,7 +80,11 @@ def reference_model(model: ModelConfig) -> Reference | None:
     ref = dataclasses.replace(
         model, path=ref_doc, query_path=ref_query, revision=revision, adapter=None, reference_path=None
     )
-    check_model_folders(ref)  # a moved or missing source: one line now, not after the data loads
+    # a moved or missing source: one line now, not after the data loads, naming where the path came from
+    where = "model.reference_path" if model.reference_path else f"model.path={model.path}: its manifest's source.path"
+    check_model_source(where, ref.path, ref.revision)
+    if query is not None:
+        check_model_source(f"model.query_path={model.query_path}: its manifest's source.path", ref_query, ref.revision)
     return Reference(ref, expected, origin, (doc or query)["quant"])
 
 
