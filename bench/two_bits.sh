@@ -2,16 +2,21 @@
 # Issue 27's goal runs (MiniLM, MedQuAD test, 16,407 queries): one evaluate per row, sequential, one shared
 # embedding cache (the fp32 baseline is encoded once), resumable (a row whose results.json exists is skipped).
 #   bash bench/two_bits.sh [DATA_DIR] [OUT_DIR]     (defaults ../shared/data/medquad, bench/results/two-bits-medquad)
+# SEED=N sets seed= (which calibration texts, which distillation texts and batches); ONLY=REGEX runs only the rows
+# whose name matches; CACHE=DIR shares one embedding cache between OUT dirs. The SciFact seed rows:
+#   for s in 0 1 2; do SEED=$s ONLY='latent0.03' CACHE=OUT/cache bash bench/two_bits.sh ../shared/data/scifact OUT/seed$s; done
 # quant=auto reads the SciFact train-query scan (dev queries of another set, never a test set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/medquad}; OUT=${2:-bench/results/two-bits-medquad}
 PY=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
+SEED=${SEED:-0}; ONLY=${ONLY:-.}; CACHE=${CACHE:-$OUT/cache}
 mkdir -p "$OUT"
-common=(data=beir "data.path=$DATA" data.split=test logger=none "cache.dir=$OUT/cache")
+common=(data=beir "data.path=$DATA" data.split=test logger=none "cache.dir=$CACHE" "seed=$SEED")
 run() {  # NAME OVERRIDES...
     local name=$1; shift
+    [[ $name =~ $ONLY ]] || return 0
     [ -f "$OUT/$name/results.json" ] && { echo "== $name: done already"; return; }
     echo "== $name: $*"
     /usr/bin/time -v -o "$OUT/$name.time" "$PY" evaluate.py "${common[@]}" "$@" "hydra.run.dir=$OUT/$name" 2>&1 \
@@ -24,10 +29,11 @@ G=(quant.method=gptq quant.act_order=true quant.calibration_texts=512)
 # evaluated by its folder: judged against the fp32 model it was made from
 distill() {  # NAME TRAIN_OVERRIDES...
     local name=$1; shift
+    [[ $name =~ $ONLY ]] || return 0
     if [ ! -f "$OUT/$name/train/train_results.json" ]; then
         echo "== $name (train.py): $*"
         /usr/bin/time -v -o "$OUT/$name-train.time" "$PY" train.py train=distill data=beir "data.path=$DATA" \
-            data.split=test logger=none "$@" "hydra.run.dir=$OUT/$name/train" 2>&1 | grep -E "distill:|error" || true
+            data.split=test logger=none "seed=$SEED" "$@" "hydra.run.dir=$OUT/$name/train" 2>&1 | grep -E "distill:|error" || true
         grep -E "Maximum resident|Elapsed" "$OUT/$name-train.time"
     fi
     run "$name" "model.path=$OUT/$name/train/best_model"
