@@ -166,7 +166,7 @@ def test_overrides_give_mixed_precision_and_skip_modules(tiny_bert):
     assert bits["encoder.layer.0.intermediate.dense"] == 4
     assert "encoder.layer.0.output.dense" not in bits
     assert isinstance(r.doc.model.encoder.layer[0].output.dense, torch.nn.Linear)
-    assert isinstance(r.doc.model.pooler.dense, torch.nn.Linear)  # excluded by default
+    assert r.doc.model.pooler is None and isinstance(r.doc.unread["pooler"].dense, torch.nn.Linear)  # never read
 
 
 def test_fisher_kmeans_uses_calibration_gradients(tiny_bert):

@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer
 from medret.config import ModelConfig
 from medret.errors import InputError
 from medret.models.parts import SCHEME, resolve_parts
+from medret.models.unread import detach_unread
 from medret.quant.persist import is_quantized_dir, load_quantized
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ class TextEncoder:
             self.model = _load_pretrained(option, path, lambda: load_quantized(path, cfg.trust_remote_code)).to(device)
         else:
             self.model = _load_pretrained(option, path, lambda: AutoModel.from_pretrained(path, **kw)).to(device).eval()
+        self.unread = detach_unread(self.model)  # the pooler: medret pools last_hidden_state (models.unread)
         self.autocast = None
         if device.type == "cuda":
             self.autocast = _AUTOCAST.get("fp16" if cfg.autocast == "auto" else cfg.autocast)

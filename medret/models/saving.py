@@ -11,6 +11,7 @@ from torch import nn
 
 from medret.models.encoder import Retriever, TextEncoder
 from medret.models.st_files import write_sentence_transformers_files
+from medret.models.unread import attached
 from medret.quant.persist import MANIFEST, manifest
 from medret.storage import atomic_dir
 
@@ -39,14 +40,15 @@ def _write_encoder(
     enc: TextEncoder, model: nn.Module, folder: Path, quant_info: dict | None, source: dict | None = None
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    if quant_info is None:
-        model.save_pretrained(folder)
+    if quant_info is None:  # a complete HF folder: the unread pooler written back
+        with attached(model, enc.unread):
+            model.save_pretrained(folder)
     else:  # packed buffers are not HF parameters: write the state dict and the manifest that rebuilds it
         model.config.save_pretrained(folder)
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
         )
-        (folder / MANIFEST).write_text(manifest(model, quant_info, source))
+        (folder / MANIFEST).write_text(manifest(model, quant_info, source, tuple(sorted(enc.unread))))
     enc.tokenizer.save_pretrained(folder)
     s = enc.settings
     write_sentence_transformers_files(folder, s.pooling, s.normalize, s.max_length, enc.dim)

@@ -55,7 +55,9 @@ def packed_modules(model: torch.nn.Module) -> dict[str, dict]:
     return modules
 
 
-def manifest(model: torch.nn.Module, quant_info: dict, source: dict | None = None) -> str:
+def manifest(
+    model: torch.nn.Module, quant_info: dict, source: dict | None = None, dropped: tuple[str, ...] = ()
+) -> str:
     """``source``: the fp32 model the packed one was made from (``path``, ``revision``, ``weights`` digest), so
     that evaluate can judge the saved model against it."""
     info = {k: v for k, v in quant_info.items() if k != "layers"}
@@ -63,6 +65,8 @@ def manifest(model: torch.nn.Module, quant_info: dict, source: dict | None = Non
     extra = {"rotations": rotated} if rotated else {}
     if source:
         extra["source"] = source
+    if dropped:  # modules the model's config builds but no forward medret runs reads (a pooler): not stored
+        extra["dropped"] = list(dropped)
     return json.dumps({"quant": info, "modules": packed_modules(model), **extra}, indent=1)
 
 
@@ -75,6 +79,12 @@ def load_quantized(path: str, trust_remote_code: bool = False) -> torch.nn.Modul
     root = Path(path)
     saved = saved_manifest(path)
     model = AutoModel.from_config(AutoConfig.from_pretrained(root, trust_remote_code=trust_remote_code))
+    for name in saved.get("dropped", []):
+        if not isinstance(getattr(model, name, None), torch.nn.Module):
+            raise InputError(
+                f"{root / MANIFEST}: dropped module {name!r} is not a module of the model built from config.json"
+            )
+        setattr(model, name, None)
     rotate.restore(model, saved.get("rotations", {}), str(root / MANIFEST))
     modules = dict(model.named_modules())
     for name, spec in saved["modules"].items():
