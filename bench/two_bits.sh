@@ -72,3 +72,7 @@ distill kmeansch2-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.gra
 # 5. refinement (stored floats only, 300 steps) instead of distillation, on the 2.5-bit k-means mix: what moving the
 #    codes adds
 run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300
+# 6. exactly 2 bits/param: one k-means codebook per matrix (granularity=tensor: 4 fp16 levels per layer, 2.0003
+#    bits/param) instead of one per row (2.125), distilled like row 3
+distill kmeanst2-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.granularity=tensor "${G[@]}" \
+    train.max_steps=300 train.distill_latent_lr=0.03
