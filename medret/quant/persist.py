@@ -59,7 +59,8 @@ def manifest(
     model: torch.nn.Module, quant_info: dict, source: dict | None = None, dropped: tuple[str, ...] = ()
 ) -> str:
     """``source``: the fp32 model the packed one was made from (``path``, ``revision``, ``weights`` digest), so
-    that evaluate can judge the saved model against it."""
+    that evaluate can judge the saved model against it; ``dropped``: modules taken off the model (an unread
+    pooler), which loading sets to None before the stored tensors are read."""
     info = {k: v for k, v in quant_info.items() if k != "layers"}
     rotated = rotate.rotations(model)
     extra = {"rotations": rotated} if rotated else {}
