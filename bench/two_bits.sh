@@ -73,6 +73,10 @@ distill kmeansch2-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.gra
 #    codes adds
 run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300
 # 6. exactly 2 bits/param: one k-means codebook per matrix (granularity=tensor: 4 fp16 levels per layer, 2.0003
-#    bits/param) instead of one per row (2.125), distilled like row 3
-distill kmeanst2-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.granularity=tensor "${G[@]}" \
+#    bits/param) instead of one per row (2.125), distilled like row 3 (the row stored as kmeanst2-c512-distill300-
+#    latent0.03 ran before distillation tuned a whole-matrix codebook: its 4 levels stayed GPTQ's)
+distill kmeanst2-tuned-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.granularity=tensor "${G[@]}" \
     train.max_steps=300 train.distill_latent_lr=0.03
+# 7. between the two: one codebook per 8 consecutive rows (granularity=rows, group_size=8; 2.016 bits/param)
+distill kmeansrows8-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.granularity=rows quant.group_size=8 \
+    "${G[@]}" train.max_steps=300 train.distill_latent_lr=0.03

@@ -69,7 +69,7 @@ class QuantConfig:
     # | fisher_kmeans | outliers | auto (medret.quant.registry; each scheme declares the options below it reads)
     name: str = "none"
     bits: int | None = None  # 2..8 for the custom schemes
-    granularity: str = "group"  # tensor | channel | group
+    granularity: str = "group"  # tensor | channel | group (group_size weights of a row) | rows (group_size rows)
     group_size: int = 64
     symmetric: bool = True  # uniform: absmax (True) or min/max (False)
     mu: float = 255.0  # companding

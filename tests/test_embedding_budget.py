@@ -129,7 +129,7 @@ def test_bad_tier_options_are_one_error_line():
         "frequency tiers store a custom scheme's rows, not quant=bnb_nf4": replace(
             base, name="bnb_nf4", bits=None, embedding_bits=[4]
         ),
-        "tiers need row-wise groups": replace(base, granularity="tensor", embedding_bits=[4]),
+        "tiers need groups within a row": replace(base, granularity="tensor", embedding_bits=[4]),
     }
     for expected, cfg in cases.items():
         with pytest.raises(InputError) as err:
@@ -231,7 +231,7 @@ def test_bad_budget_and_scan_options_are_one_error_line(table_scan, tiny_bert, t
     base = [f"model.path={tiny_bert}", *TINY, GROUP, *SCAN]
     for extra, expected in (
         (["scan.embeddings=true", "scan.embedding_tiers=[0.5,0.1]"], "scan.embedding_tiers=[0.5, 0.1]: expected"),
-        (["scan.embeddings=true", "quant.granularity=tensor"], "the table's tiers need row-wise groups"),
+        (["scan.embeddings=true", "quant.granularity=tensor"], "the table's tiers need groups within a row"),
         (["quant.method=hqq", "quant.symmetric=false"], "quant.method=hqq: the scan rounds each point by rtn or gptq"),
     ):
         with pytest.raises(InputError) as err:

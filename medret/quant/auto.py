@@ -159,8 +159,10 @@ def regrid(
         raise InputError(f"quant.grid: name={base.name!r} is not a custom scheme ({', '.join(names('custom'))})")
     for b in scan["bits"]:
         validate(replace(base, bits=int(b)))
-    if over == "model" and base.granularity == "tensor":
-        raise InputError("quant.grid: granularity=tensor cannot store the table's tiers (row-wise groups needed)")
+    if over == "model" and base.granularity in ("tensor", "rows"):
+        raise InputError(
+            f"quant.grid: granularity={base.granularity} cannot store the table's tiers (groups within a row needed)"
+        )
     shapes = layer_shapes([layer["name"] for layer in scan["layers"]], model_path, revision, model_dir)
     priced: dict[tuple, float] = {}  # (shape, width) -> effective bits: a model has few distinct shapes
     layers = []

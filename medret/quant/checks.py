@@ -17,10 +17,14 @@ from medret.quant.rotate import KINDS
 def _check_custom(cfg: QuantConfig) -> None:
     if cfg.bits is None or not 2 <= cfg.bits <= 8:
         raise InputError(f"quant.bits={cfg.bits}: scheme {cfg.name} needs an integer width in 2..8")
-    if cfg.granularity not in ("tensor", "channel", "group"):
-        raise InputError(f"quant.granularity={cfg.granularity!r}: expected tensor, channel or group")
+    if cfg.granularity not in ("tensor", "channel", "group", "rows"):
+        raise InputError(f"quant.granularity={cfg.granularity!r}: expected tensor, channel, group or rows")
     if cfg.granularity == "group" and cfg.group_size < 2:
         raise InputError(f"quant.group_size={cfg.group_size}: expected at least 2")
+    if cfg.granularity == "rows" and (
+        isinstance(cfg.group_size, bool) or not isinstance(cfg.group_size, int) or cfg.group_size < 1
+    ):
+        raise InputError(f"quant.group_size={cfg.group_size!r}: under granularity=rows, the rows per group (>= 1)")
     if not 0.0 <= cfg.outlier_fraction < 0.5:
         raise InputError(f"quant.outlier_fraction={cfg.outlier_fraction}: expected 0 <= fraction < 0.5")
     m = method(cfg.method)

@@ -34,15 +34,19 @@ def decode_rows(state: QuantState, rows: torch.Tensor, dtype: torch.dtype = torc
     """Dequantize only ``rows`` of a [num, dim] QuantState: the bytes of those rows' codes, their
     groups' codebooks and scales, and the outliers that fall in them."""
     num, dim = state.shape
-    gpr = dim // state.group_size  # groups per row
+    unit = min(state.group_size, dim)  # columns of one group within a row (a group may span whole rows)
+    gpr = dim // unit  # groups per row
     per_row = dim // 8  # code bytes per row in each bit plane (dim is a multiple of 8)
     idx = (rows[:, None] * per_row + torch.arange(per_row, device=rows.device)).reshape(-1)
     lut = _BYTE_BITS.to(state.planes.device)
     codes = lut[state.planes[0, idx].long()].reshape(len(rows), dim).long()
     for j in range(1, state.bits):
         codes |= lut[state.planes[j, idx].long()].reshape(len(rows), dim).long() << j
-    groups = (rows[:, None] * gpr + torch.arange(gpr, device=rows.device)).reshape(-1)
-    codes = codes.view(-1, state.group_size)
+    if state.group_size <= dim:
+        groups = (rows[:, None] * gpr + torch.arange(gpr, device=rows.device)).reshape(-1)
+    else:  # rows / tensor granularity: consecutive rows share a group
+        groups = rows // (state.group_size // dim)
+    codes = codes.view(-1, unit)
     cb = state.codebook.to(dtype)
     vals = cb[0][codes] if cb.shape[0] == 1 else torch.gather(cb[groups], 1, codes)
     if state.scale is not None:

@@ -50,8 +50,11 @@ def check_embedding_options(cfg: QuantConfig) -> None:
         raise InputError(f"quant.embedding_bits: frequency tiers store a custom scheme's rows, not quant={cfg.name}")
     if not bits or not all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= 8 for b in bits):
         raise InputError(f"quant.embedding_bits={bits}: expected a list of integer widths in 2..8, most frequent first")
-    if cfg.granularity == "tensor":
-        raise InputError("quant.embedding_bits: tiers need row-wise groups (granularity channel or group), not tensor")
+    if cfg.granularity in ("tensor", "rows"):
+        raise InputError(
+            "quant.embedding_bits: tiers need groups within a row (granularity channel or group), "
+            f"not {cfg.granularity}"
+        )
     want = len(bits) - 1
     got = [] if shares is None else list(shares)
     if len(got) != want or not all(isinstance(s, (int, float)) and 0 < s < 1 for s in got) or got != sorted(set(got)):

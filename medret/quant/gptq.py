@@ -56,7 +56,8 @@ class Grid:
 
 
 def fit_grid(w: torch.Tensor, spec, group_size: int, importance: torch.Tensor | None, rows: int) -> Grid:
-    """The scheme's own fit on ``w`` (one group per row, or one for all rows under tensor granularity)."""
+    """The scheme's own fit on ``w`` (one group per row, per run of whole rows, or one for all rows under tensor
+    granularity)."""
     state = scheme(spec.name).quantize(w, spec, group_size, importance)
     cb = state.codebook.float()
     n_groups = w.numel() // group_size
@@ -65,7 +66,7 @@ def fit_grid(w: torch.Tensor, spec, group_size: int, importance: torch.Tensor | 
         vals = vals * state.scale.float()[:, None]
     if state.offset is not None:
         vals = vals + state.offset.float()[:, None]
-    levels, order = vals.expand(rows, -1).sort(dim=1)
+    levels, order = vals.repeat_interleave(rows // n_groups, dim=0).sort(dim=1)  # each row its group's levels
     mid = (levels[:, 1:] + levels[:, :-1]) / 2
     return Grid(levels.contiguous(), mid.contiguous(), order, state.codebook, state.scale, state.offset)
 
@@ -100,7 +101,7 @@ def gptq_quantize(
     act_order: bool = False,
 ) -> QuantState:
     """GPTQ of one [out, in] weight against H = 2 X^T X ([in, in]); ``group_size`` as medret's groups
-    (a divisor of in, in itself for channel, out * in for tensor)."""
+    (a divisor of in, in itself for channel, a multiple of in for rows, out * in for tensor)."""
     out_f, in_f = weight.shape
     cols = min(group_size, in_f)  # columns of one group; a tensor group spans them all
     perm = torch.argsort(hessian.diagonal(), descending=True) if act_order else torch.arange(in_f)
@@ -136,8 +137,8 @@ def _assemble(weight, bits: int, group_size: int, codes: torch.Tensor, grids: li
     """One QuantState, groups row-major: group r * n_col_groups + k is row r's k-th run of columns."""
     out_f = weight.shape[0]
     books = [g.codebook for g in grids]
-    if all(b.shape[0] == 1 and torch.equal(b, books[0]) for b in books):
-        codebook = books[0]  # fixed levels (uniform, nf, log, ...): one shared codebook, as round-to-nearest
+    if len(books) == 1 or all(b.shape[0] == 1 and torch.equal(b, books[0]) for b in books):
+        codebook = books[0]  # one run of columns (channel, rows, tensor), or fixed levels shared by every group
     else:
         codebook = torch.stack([b.expand(out_f, -1) for b in books], dim=1).reshape(-1, books[0].shape[1])
 

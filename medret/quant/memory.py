@@ -105,6 +105,8 @@ def refine_parts(
 def _group(lin: nn.Linear, spec) -> int:
     if spec.granularity == "tensor":
         return lin.weight.numel()
+    if spec.granularity == "rows":
+        return lin.in_features * spec.group_size
     return lin.in_features if spec.granularity == "channel" else min(spec.group_size, lin.in_features)
 
 

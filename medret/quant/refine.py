@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from medret.quant.linear import QuantLinear
 from medret.quant.packing import unpack_codes
-from medret.quant.state import QuantState, decode
+from medret.quant.state import QuantState, decode, fitted_codebook
 
 FLOATS = ("scale", "offset", "outlier_val")  # a packed layer's stored floats that refinement fits
 
@@ -57,9 +57,8 @@ class _Refining(nn.Module):
         self.packed = packed
         st = packed.state()
         self.register_buffer("codes", unpack_codes(st.planes, st.bits, st.numel).view(-1, st.group_size).long())
-        per_group = st.codebook.shape[0] > 1  # k-means: a fitted codebook per group; nf/log: fixed levels
         tuned = {n: getattr(st, n) for n in FLOATS if getattr(st, n) is not None}
-        if per_group:
+        if fitted_codebook(st):  # k-means levels are fitted floats; nf/log/uniform levels stay fixed
             tuned["codebook"] = st.codebook
         self.tuned = nn.ParameterDict({n: nn.Parameter(t.detach().float().clone()) for n, t in tuned.items()})
         self.bias = packed.bias

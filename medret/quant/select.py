@@ -47,6 +47,13 @@ def group_size_for(weight: torch.Tensor, spec: QuantConfig, name: str) -> int:
         return weight.numel()
     if spec.granularity == "channel":
         return weight.shape[1]
+    if spec.granularity == "rows":  # group_size whole rows share one group
+        if weight.shape[0] % spec.group_size:
+            raise InputError(
+                f"quant.group_size={spec.group_size} (rows per group) does not divide layer {name} "
+                f"(out_features={weight.shape[0]})"
+            )
+        return weight.shape[1] * spec.group_size
     if weight.shape[1] % spec.group_size:
         raise InputError(
             f"quant.group_size={spec.group_size} does not divide layer {name} (in_features={weight.shape[1]})"

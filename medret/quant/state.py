@@ -46,10 +46,18 @@ class QuantState:
 
 
 def groups_of(weight: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[out, in] -> [groups, group_size], row-major (the blocks bitsandbytes uses when gs | in)."""
-    if weight.numel() % group_size or (weight.shape[1] % group_size and group_size < weight.numel()):
+    """[out, in] -> [groups, group_size], row-major: runs of one row (the blocks bitsandbytes uses when gs | in),
+    or whole consecutive rows (gs a multiple of in; the whole matrix under tensor granularity)."""
+    in_f = weight.shape[1]
+    if weight.numel() % group_size or (in_f % group_size and group_size % in_f):
         raise ValueError(f"group size {group_size} does not divide a {tuple(weight.shape)} weight")
     return weight.reshape(-1, group_size)
+
+
+def fitted_codebook(state: QuantState) -> bool:
+    """Whether the codebook holds fitted values (k-means: per group, or one for the whole matrix) that refinement
+    and distillation may tune, rather than a scheme's fixed levels that a scale stretches (nf, log, uniform)."""
+    return state.codebook.shape[0] > 1 or state.scale is None
 
 
 def nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,9 @@ from torch import nn
 
 from medret.quant.linear import QuantLinear
 from medret.quant.packing import pack_codes, unpack_codes
-from medret.quant.state import QuantState, decode, dequantize, nearest_level
+from medret.quant.state import QuantState, decode, dequantize, fitted_codebook, nearest_level
 
-FLOATS = ("scale", "offset", "outlier_val")  # fitted when present; "codebook" too when it has a row per group
+FLOATS = ("scale", "offset", "outlier_val")  # fitted when present; "codebook" too when k-means fitted it
 
 
 def _level_gap(levels: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ class SteQuantLinear(nn.Module):
         self.register_buffer("unit", _level_gap(self.levels(st))[:, None])
         self.latent = nn.Parameter(dequantize(st).float().reshape(-1, st.group_size) / self.unit)
         tuned = {n: getattr(st, n) for n in FLOATS if getattr(st, n) is not None}
-        if st.codebook.shape[0] > 1:  # k-means: a fitted codebook per group
+        if fitted_codebook(st):  # k-means: fitted levels (per group, or one for a whole matrix)
             tuned["codebook"] = st.codebook
         self.tuned = nn.ParameterDict({n: nn.Parameter(t.detach().float().clone()) for n, t in tuned.items()})
 

@@ -39,8 +39,10 @@ def check_table_options(shares: list, q: QuantConfig) -> None:
             f"scan.embedding_tiers={list(shares)}: expected increasing shares of the vocabulary in (0, 1) "
             "ending every tier but the last (e.g. [0.02, 0.1, 0.3]; [] for the whole table as one)"
         )
-    if q.granularity == "tensor":
-        raise InputError("scan.embeddings=true: the table's tiers need row-wise groups (granularity channel or group)")
+    if q.granularity in ("tensor", "rows"):
+        raise InputError(
+            "scan.embeddings=true: the table's tiers need groups within a row (granularity channel or group)"
+        )
 
 
 def tables(encoders: list, shares: list[float], texts: list[str]) -> list[Table]:
