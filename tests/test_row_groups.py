@@ -101,7 +101,7 @@ def test_a_model_on_row_groups_is_smaller_than_per_row_and_saves_and_loads(tiny_
 
 def test_rows_that_do_not_divide_a_layer_or_a_bad_count_are_one_line(tiny_bert):
     w = torch.zeros(64, 32)
-    with pytest.raises(InputError, match=r"quant.group_size=5 \(rows per group\) does not divide layer enc.q"):
+    with pytest.raises(InputError, match=r"quant.group_size=5 \(rows per group\) does not divide the 64 rows of enc.q"):
         group_size_for(w, QuantConfig(name="kmeans", granularity="rows", group_size=5), "enc.q")
     for bad in (0, -2, 1.5):
         with pytest.raises(InputError, match="under granularity=rows, the rows per group"):
@@ -111,6 +111,30 @@ def test_rows_that_do_not_divide_a_layer_or_a_bad_count_are_one_line(tiny_bert):
     # a whole model: the first layer whose rows the count does not divide (tiny BERT's are 32 and 64 wide)
     with pytest.raises(InputError, match="rows per group"):
         quantize_retriever(tiny_retriever(tiny_bert), QuantConfig(name="nf", bits=2, granularity="rows", group_size=3))
+    # the table's rows (152 tokens) are checked before any linear is rounded: 16 divides every linear, not the table
+    r = tiny_retriever(tiny_bert)
+    table = QuantConfig(name="kmeans", bits=2, granularity="rows", group_size=16, embeddings=True)
+    with pytest.raises(InputError, match="does not divide the 152 rows of embeddings.word_embeddings"):
+        quantize_retriever(r, table)
+    assert not packed(r)  # nothing was rounded
+    for bad in ({"embedding_bits": [4, 2]}, {"embedding_bits": [4]}):  # frequency tiers need groups within a row
+        with pytest.raises(InputError, match="tiers need groups within a row .*, not rows"):
+            validate(replace(table, group_size=2, **bad))
+
+
+def test_a_table_on_row_groups_looks_up_saves_and_loads(tiny_bert, tmp_path):
+    from medret.models.saving import save_quantized
+    from medret.quant.embedding import QuantEmbedding
+
+    cfg = QuantConfig(name="kmeans", bits=2, granularity="rows", group_size=2, embeddings=True, kmeans_iters=5)
+    r = tiny_retriever(tiny_bert)
+    info = quantize_retriever(r, cfg)
+    (emb,) = [m for m in r.doc.model.modules() if isinstance(m, QuantEmbedding)]
+    assert emb.codebook.shape == (152 // 2, 4)
+    ids = torch.tensor([[3, 7, 8, 151], [0, 1, 2, 3]])
+    torch.testing.assert_close(emb(ids), dequantize(emb.state())[ids], rtol=0, atol=0)
+    loaded = tiny_retriever(save_quantized(r, tmp_path / "saved", info))
+    torch.testing.assert_close(torch.as_tensor(loaded.doc.encode(NOTES, 8)), torch.as_tensor(r.doc.encode(NOTES, 8)))
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "rows"])
@@ -126,6 +150,22 @@ def test_a_fitted_codebook_is_tuned_by_refinement_and_distillation_fixed_levels_
         assert ("codebook" in SteQuantLinear(lin).tuned) is fitted
 
 
+def test_distillation_writes_back_a_tuned_whole_matrix_codebook(tiny_bert):
+    r = tiny_retriever(tiny_bert)
+    quantize_retriever(r, QuantConfig(name="kmeans", bits=2, granularity="tensor", kmeans_iters=5))
+    lin = next(iter(packed(r).values()))
+    before = lin.codebook.clone()
+    ste = SteQuantLinear(lin)
+    x = torch.randn(8, lin.in_features, generator=torch.Generator().manual_seed(0))
+    ste(x).pow(2).sum().backward()
+    assert ste.tuned["codebook"].grad.abs().sum() > 0
+    with torch.no_grad():
+        ste.tuned["codebook"] -= 0.01 * ste.tuned["codebook"].grad.sign()
+    written, _ = ste.write_back()
+    assert written.codebook.shape == (1, 4) and not torch.equal(written.codebook, before)
+    assert torch.equal(written.codebook, ste.tuned["codebook"].detach().to(torch.float16))
+
+
 def test_refinement_moves_a_whole_matrix_codebook(tiny_bert):
     cfg = QuantConfig(name="kmeans", bits=2, granularity="tensor", kmeans_iters=5, calibration_texts=16)
     plain, refined = tiny_retriever(tiny_bert), tiny_retriever(tiny_bert)
@@ -136,3 +176,16 @@ def test_refinement_moves_a_whole_matrix_codebook(tiny_bert):
     assert all(isinstance(m, QuantLinear) and m.codebook.shape[0] == 1 for m in mine.values())
     assert all(torch.equal(m.planes, theirs[n].planes) for n, m in mine.items())  # codes held
     assert sum(not torch.equal(m.codebook, theirs[n].codebook) for n, m in mine.items()) == len(mine)
+
+
+def test_refined_whole_matrix_grids_get_new_cache_keys():
+    """Refinement tunes a whole matrix's k-means codebook since it stopped holding it: those runs' weights changed, so
+    their identity (cache keys, adapter checks) does; every other run's identity is as before."""
+    from medret.quant import quant_identity
+
+    tensor = QuantConfig(name="kmeans", bits=2, granularity="tensor", refine_steps=5)
+    assert quant_identity(tensor)["refine_tensor_codebook"] is True
+    over = replace(tensor, granularity="channel", overrides={"*.query": {"granularity": "tensor"}})
+    assert quant_identity(over)["refine_tensor_codebook"] is True
+    for same in (replace(tensor, refine_steps=0), replace(tensor, granularity="channel"), SPECS[0]):
+        assert "refine_tensor_codebook" not in quant_identity(same)

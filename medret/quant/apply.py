@@ -19,7 +19,7 @@ from medret.quant.layers import bnb_layer, custom_layer, decode_once, quantize_w
 from medret.quant.memory import check_memory
 from medret.quant.options import as_config, drop_unused_bits
 from medret.quant.registry import method, scheme
-from medret.quant.select import architecture, select_linears, spec_for
+from medret.quant.select import architecture, group_size_for, select_linears, spec_for
 
 # re-exported for older import paths (bench/gpubench, training/checks.py, tests); new code imports quant.options/layers
 __all__ = ["decode_once", "drop_unused_bits", "layer_specs", "quantize_model", "quantize_weight", "state_bytes"]
@@ -51,6 +51,14 @@ def _round_each(
 
 def _bnb_4bit(spec: QuantConfig) -> bool:
     return scheme(spec.name).kind == "bnb" and scheme(spec.name).bits == 4
+
+
+def _check_table_groups(model: nn.Module, cfg: QuantConfig) -> None:
+    """The word-embedding table's groups, before any layer is rounded (e.g. a rows count the vocabulary size does
+    not divide)."""
+    found = word_embeddings(model) if cfg.embeddings else None
+    if found is not None and scheme(spec_for(found[0], cfg).name).kind == "custom":
+        group_size_for(found[1].weight, spec_for(found[0], cfg), found[0])
 
 
 def _check_bnb_blocks(model: nn.Module, specs: dict[str, QuantConfig], cfg: QuantConfig, device) -> None:
@@ -87,6 +95,7 @@ def quantize_model(
     check_memory(model, tokenizer, specs, cfg, calibration, max_length)  # GPTQ's and refinement's peak, up front
     rotate.check_layers(model, specs)
     _check_bnb_blocks(model, specs, cfg, device)
+    _check_table_groups(model, cfg)
     targets = refine.targets(model, tokenizer, calibration, max_length) if cfg.refine_steps else None  # fp32's
     importance: dict[str, torch.Tensor] = {}
     if need_fisher:

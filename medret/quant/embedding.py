@@ -1,7 +1,7 @@
 """The word-embedding table quantized with the run's scheme (``quant.embeddings=true``).
 
-Custom schemes store it as a QuantState with row-wise groups (a group never spans two rows), and a
-lookup decodes only the rows it gathers; with frequency tiers (``quant.embedding_bits``) as one such state
+Custom schemes store it as a QuantState (groups within a row, or whole rows under granularity rows / tensor),
+and a lookup decodes only the rows it gathers; with frequency tiers (``quant.embedding_bits``) as one such state
 per tier at its own width (``TieredEmbedding``). bitsandbytes schemes use bitsandbytes' own 8-bit and 4-bit
 embedding modules.
 """

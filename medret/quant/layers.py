@@ -90,7 +90,7 @@ def layer_report(
 
 
 def quantize_embeddings(model: nn.Module, cfg: QuantConfig, device: torch.device) -> dict:
-    """The word-embedding table with the run's scheme and bits (row-wise groups); returns its layer report."""
+    """The word-embedding table with the run's scheme, bits and granularity; returns its layer report."""
     found = word_embeddings(model)
     if found is None:
         raise InputError(f"quant.embeddings=true: this {architecture(model)} model has no input embedding table")

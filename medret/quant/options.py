@@ -48,7 +48,11 @@ def quant_identity(cfg) -> dict:
     drop |= {k for k, quiet in QUIET_DEFAULTS.items() if d[k] == quiet}
     if d["rotate"] == "none":  # no rotation: its seed draws nothing
         drop.add("rotate_seed")
-    return {k: v for k, v in d.items() if k not in drop}
+    out = {k: v for k, v in d.items() if k not in drop}
+    grains = {d["granularity"], *(o.get("granularity") for o in (d["overrides"] or {}).values())}
+    if d["refine_steps"] and "tensor" in grains:  # refinement has tuned a whole matrix's k-means codebook since
+        out["refine_tensor_codebook"] = True  # it was held fixed: no cache entry of the old weights is reused
+    return out
 
 
 def grid_keys() -> tuple[str, ...]:

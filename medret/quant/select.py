@@ -50,8 +50,8 @@ def group_size_for(weight: torch.Tensor, spec: QuantConfig, name: str) -> int:
     if spec.granularity == "rows":  # group_size whole rows share one group
         if weight.shape[0] % spec.group_size:
             raise InputError(
-                f"quant.group_size={spec.group_size} (rows per group) does not divide layer {name} "
-                f"(out_features={weight.shape[0]})"
+                f"quant.group_size={spec.group_size} (rows per group) does not divide the {weight.shape[0]} rows "
+                f"of {name}"
             )
         return weight.shape[1] * spec.group_size
     if weight.shape[1] % spec.group_size:
