@@ -30,7 +30,7 @@ from torch import nn
 
 from medret.errors import InputError
 from medret.quant.registry import method
-from medret.quant.select import architecture
+from medret.quant.select import architecture, group_size_for
 
 ENV = "MEDRET_AVAILABLE_MEMORY"
 BATCH = 16  # texts per batch in both passes (gptq._batches, refine.targets)
@@ -79,16 +79,19 @@ def gptq_parts(model: nn.Module, linears: list[nn.Linear], batches: list[tuple[i
     ]
 
 
-def refine_parts(
-    model: nn.Module, linears: list[nn.Linear], specs: list, batches: list[tuple[int, int]]
-) -> tuple[Part, list[Part]]:
-    """(the fp32 targets, held from before rounding to the end; the rest of refinement's peak)."""
+def refine_parts(model: nn.Module, specs: dict, batches: list[tuple[int, int]]) -> tuple[Part, list[Part]]:
+    """(the fp32 targets, held from before rounding to the end; the rest of refinement's peak) for the layers
+    ``specs`` (name: spec)."""
+    linears = [model.get_submodule(n) for n in specs]
     hidden, heads, blocks = _dims(model)
     tokens = sum(b * s for b, s in batches)
     b, s = max(batches, key=lambda x: x[0] * x[1])
     numel = sum(lin.weight.numel() for lin in linears)
     # at most: a scale, an offset and a codebook per group (k-means), each quantized layer's bias, every norm
-    groups = sum(lin.weight.numel() / _group(lin, spec) * (2 + 2**spec.bits) for lin, spec in zip(linears, specs))
+    groups = sum(
+        lin.weight.numel() / group_size_for(lin.weight, spec, name) * (2 + 2**spec.bits)
+        for lin, (name, spec) in zip(linears, specs.items())
+    )
     fitted = groups + sum(lin.out_features for lin in linears)
     fitted += sum(p.numel() for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters())
     # saved for the backward, every block: each linear's input and output, the attention scores, norms, residuals
@@ -100,14 +103,6 @@ def refine_parts(
         Part("Adam state of the fitted floats", 4 * fitted * F32, False, True),
         Part("one batch's activations", b * s * per_token * F32, False, True),
     ]
-
-
-def _group(lin: nn.Linear, spec) -> int:
-    if spec.granularity == "tensor":
-        return lin.weight.numel()
-    if spec.granularity == "rows":
-        return lin.in_features * spec.group_size
-    return lin.in_features if spec.granularity == "channel" else min(spec.group_size, lin.in_features)
 
 
 def override() -> int | None:
@@ -159,8 +154,7 @@ def estimate(model: nn.Module, tokenizer, specs: dict, cfg, calibration: list[st
         lins = [model.get_submodule(n) for n in gptq]
         passes.append((f"quant.method={specs[gptq[0]].method}", gptq_parts(model, lins, batches)))
     if cfg.refine_steps:
-        lins = [model.get_submodule(n) for n in specs]
-        targets, parts = refine_parts(model, lins, list(specs.values()), batches)
+        targets, parts = refine_parts(model, specs, batches)
         held.append(targets)
         passes.append((f"quant.refine_steps={cfg.refine_steps}", parts))
     # on a GPU the device's parts and the host's are apart; on a CPU they share one memory
