@@ -4,7 +4,7 @@
 #   bash bench/two_bits.sh [DATA_DIR] [OUT_DIR]     (defaults ../shared/data/medquad, bench/results/two-bits-medquad)
 # SEED=N sets seed= (which calibration texts, which distillation texts and batches); ONLY=REGEX runs only the rows
 # whose name matches; CACHE=DIR shares one embedding cache between OUT dirs. The SciFact seed rows:
-#   for s in 0 1 2; do SEED=$s ONLY='^(auto-2.5-kmeansch|kmeansch2).*latent0.03' CACHE=OUT/cache bash bench/two_bits.sh ../shared/data/scifact OUT/seed$s; done
+#   for s in 0 1 2; do SEED=$s ONLY='^(auto-2.5-kmeansch|kmeansch2|auto-2.6-kmeansch-tiers432).*latent0.03' CACHE=OUT/cache bash bench/two_bits.sh ../shared/data/scifact OUT/seed$s; done
 # quant=auto reads the SciFact train-query scan (dev queries of another set, never a test set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
