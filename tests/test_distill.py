@@ -29,7 +29,7 @@ from medret.models import load_retriever
 from medret.quant import calibration_corpus
 from medret.results import OUTCOMES, RunResult
 from medret.training import kinds, run_train
-from medret.training.distill_kind import embed, fidelity, split_texts, step_texts
+from medret.training.distill_kind import dev_inputs, embed, fidelity, split_texts, step_inputs, step_texts
 from tests import test_sensitivity as sens
 from tests.conftest import WORDS, build_tiny_bert
 from tests.test_evaluate import ROOT, compose_cfg
@@ -149,6 +149,22 @@ def test_texts_are_corpus_texts_never_queries_and_the_held_out_ones_are_never_tr
     assert res["train_texts"] == 60 and res["quant"]["calibration_texts_used"] == 32
 
 
+def test_cropped_inputs_are_word_spans_of_the_step_s_own_texts_the_same_on_resume(tiny_bert, tmp_path):
+    texts = [" ".join(f"w{i}x{j}" for j in range(40)) for i in range(8)] + ["too short"]
+    picked = step_inputs(texts, 7, 0.5, 12, seed=0)
+    assert picked == step_inputs(texts, 7, 0.5, 12, seed=0) != step_inputs(texts, 8, 0.5, 12, seed=0)
+    assert picked[4:] == texts[4:] and step_inputs(texts, 7, 0.0, 12, seed=0) == texts
+    for span, whole in zip(picked[:4], texts[:4]):
+        assert 4 <= len(span.split()) <= 12 and f" {span} " in f" {whole} "  # contiguous words of its own text
+    assert step_inputs(["too short"], 0, 1.0, 12, seed=0) == ["too short"]
+    dev = dev_inputs(texts, 0.5, 12, seed=0)
+    assert dev[: len(texts)] == texts and len(dev) == 2 * len(texts) and dev_inputs(texts, 0, 12, 0) == texts
+    assert all(f" {span} " in f" {whole} " for span, whole in zip(dev[len(texts) :], texts))
+    # a run with cropping trains and scores the held-out texts whole and cropped
+    res = _run(tiny_bert, tmp_path, "train.max_steps=4", "train.dev_every=2", "train.distill_crop=0.5")
+    assert res["dev_texts"] == 40 and res["quant"]["distill"]["dev_texts"] == 80 and len(res["history"]) == 4
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -164,6 +180,8 @@ def test_texts_are_corpus_texts_never_queries_and_the_held_out_ones_are_never_tr
             r"^train.distill_token_weight=0 and train.distill_similarity_weight=0: no loss to train on",
         ),
         ([*KMEANS2, "train.distill_latent_lr=nan"], r"^train.distill_latent_lr=nan: expected a finite number >= 0"),
+        ([*KMEANS2, "train.distill_crop=1.5"], r"^train.distill_crop=1.5: expected a share of the batch in \[0, 1\]$"),
+        ([*KMEANS2, "train.distill_crop_words=0"], r"^train.distill_crop_words=0: expected a positive number of words"),
         ([*KMEANS2, "train.distill_texts=0"], r"^train.distill_texts=0: expected a positive number of corpus texts"),
         ([*KMEANS2, "train.distill_dev_texts=-1"], r"^train.distill_dev_texts=-1: expected 0 or more"),
         ([*KMEANS2, "quant.bits=9"], r"^quant.bits=9: scheme kmeans needs an integer width in 2..8"),

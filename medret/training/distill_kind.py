@@ -7,7 +7,9 @@ as loaded. Both read the same corpus texts (``data.doc_texts``, never queries): 
 ``train.distill_texts`` to train on, and ``train.distill_dev_texts`` others held out, on which the mean
 teacher-student embedding cosine picks the best step (label-free: no qrels are read). Loss per batch:
 ``distill_token_weight`` x (1 - token-output cosine) + ``distill_similarity_weight`` x MSE between the in-batch
-cosine-similarity matrices. The best student is written packed (``best_model``; ``model.path=`` evaluates it).
+cosine-similarity matrices. ``distill_crop`` reads a share of each batch as short word spans of the same texts
+(query-length inputs, still the corpus's own words). The best student is written packed (``best_model``;
+``model.path=`` evaluates it).
 """
 
 from __future__ import annotations
@@ -79,6 +81,39 @@ def step_texts(split: TextSplit, step: int, batch_size: int, seed: int) -> list[
     return [split.train[i] for i in order[pos * batch_size : (pos + 1) * batch_size]]
 
 
+MIN_CROP_WORDS = 4
+
+
+def crop(text: str, rng: np.random.Generator, max_words: int) -> str:
+    """A contiguous span of ``min(4, max_words)..max_words`` words of ``text`` (the whole text if it is shorter):
+    a query-length input that is still the corpus's own text."""
+    words = text.split()
+    n = int(rng.integers(min(MIN_CROP_WORDS, max_words), max_words + 1))
+    if len(words) <= n:
+        return text
+    start = int(rng.integers(0, len(words) - n + 1))
+    return " ".join(words[start : start + n])
+
+
+def step_inputs(texts: list[str], step: int, share: float, max_words: int, seed: int) -> list[str]:
+    """A step's texts with the first ``round(share x batch)`` cropped (the batch order is already random); the
+    spans are a function of the step alone, so a resumed run reads the same inputs."""
+    if not share:
+        return texts
+    rng = np.random.default_rng([seed, step, 0xC409])
+    n = round(share * len(texts))
+    return [crop(t, rng, max_words) for t in texts[:n]] + texts[n:]
+
+
+def dev_inputs(texts: list[str], share: float, max_words: int, seed: int) -> list[str]:
+    """The held-out texts, and with cropping on one span of each as well: the best step is then the one that
+    keeps short inputs as close to the teacher as whole ones."""
+    if not share:
+        return texts
+    rng = np.random.default_rng([seed, 0xDE7C])
+    return texts + [crop(t, rng, max_words) for t in texts]
+
+
 def _tokens(enc, texts: list[str]) -> dict[str, torch.Tensor]:
     s = enc.settings
     return enc.tokenizer(
@@ -148,6 +183,10 @@ class DistillKind(QatKind):
             raise InputError(
                 f"train.distill_latent_lr={t.distill_latent_lr}: expected a finite number >= 0 (0 keeps the codes)"
             )
+        if not (math.isfinite(t.distill_crop) and 0 <= t.distill_crop <= 1):
+            raise InputError(f"train.distill_crop={t.distill_crop}: expected a share of the batch in [0, 1]")
+        if t.distill_crop_words < 1:
+            raise InputError(f"train.distill_crop_words={t.distill_crop_words}: expected a positive number of words")
         if t.distill_texts < 1:
             raise InputError(f"train.distill_texts={t.distill_texts}: expected a positive number of corpus texts")
         if t.distill_dev_texts < 0:
@@ -171,7 +210,8 @@ class DistillKind(QatKind):
         calibration = calibration_corpus(train_texts, cfg.quant) if needs_calibration(cfg.quant) else None
         info = quantize_retriever(retriever, cfg.quant, calibration=calibration)
         trained = sum(p.numel() for e in encoders for p in wrap(e.model))
-        dev_texts = [data.doc_texts[i] for i in split.dev]
+        t = cfg.train
+        dev_texts = dev_inputs([data.doc_texts[i] for i in split.dev], t.distill_crop, t.distill_crop_words, cfg.seed)
         bs = cfg.model.batch_size
         targets = [embed(t, e, dev_texts, bs) for t, e in zip(teachers, encoders)] if dev_texts else []
         meta = {"teachers": teachers, "dev_texts": dev_texts, "dev_targets": targets, "quant": info}
@@ -213,7 +253,13 @@ class DistillKind(QatKind):
         losses = []
         for micro in range(t.grad_accum):
             picks = step_texts(split, step * t.grad_accum + micro, t.batch_size, s.cfg.seed)
-            texts = [data.doc_texts[i] for i in picks]
+            texts = step_inputs(
+                [data.doc_texts[i] for i in picks],
+                step * t.grad_accum + micro,
+                t.distill_crop,
+                t.distill_crop_words,
+                s.cfg.seed,
+            )
             with s.acc.accumulate(*s.models):
                 loss = torch.zeros((), device=s.acc.device)
                 for enc, teacher in zip(s.retriever.encoders(), s.kind_meta["teachers"]):
@@ -261,7 +307,7 @@ class DistillKind(QatKind):
             **moved,
             "codes_moved_fraction": moved["codes_moved"] / max(1, moved["codes"]),
             "trainable_params": meta["trainable_params"],
-            "dev_texts": len(meta["dev_texts"]),
+            "dev_texts": len(meta["dev_texts"]),  # with cropping on: each held-out text whole and as a span
             **{f"start_dev_{k}": v for k, v in meta["start"].items()},
             "best_step": state["best_step"],
             **({"best_dev_cosine": state["best_dev_cosine"]} if state["best_step"] is not None else {}),
