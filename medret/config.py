@@ -261,7 +261,7 @@ class TrainConfig:
     distill_token_weight: float = 1.0  # 1 - token-output cosine to the teacher (as quant.refine_steps)
     distill_similarity_weight: float = 1.0  # MSE between in-batch cosine-similarity matrices (what ranking reads)
     distill_latent_lr: float = 0.001  # latent weights' lr, in level gaps of their group (0: codes fixed)
-    distill_crop: float = 0.0  # share of each batch (and of the held-out texts) read as a short word span instead
+    distill_crop: float = 0.0  # share of each batch read as a short word span (held-out texts: whole and cropped)
     distill_crop_words: int = 16  # a span's length is drawn from 4..this many words (query length)
 
 

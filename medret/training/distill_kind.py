@@ -210,8 +210,8 @@ class DistillKind(QatKind):
         calibration = calibration_corpus(train_texts, cfg.quant) if needs_calibration(cfg.quant) else None
         info = quantize_retriever(retriever, cfg.quant, calibration=calibration)
         trained = sum(p.numel() for e in encoders for p in wrap(e.model))
-        t = cfg.train
-        dev_texts = dev_inputs([data.doc_texts[i] for i in split.dev], t.distill_crop, t.distill_crop_words, cfg.seed)
+        tc = cfg.train
+        dev_texts = dev_inputs([data.doc_texts[i] for i in split.dev], tc.distill_crop, tc.distill_crop_words, cfg.seed)
         bs = cfg.model.batch_size
         targets = [embed(t, e, dev_texts, bs) for t, e in zip(teachers, encoders)] if dev_texts else []
         meta = {"teachers": teachers, "dev_texts": dev_texts, "dev_targets": targets, "quant": info}
