@@ -72,7 +72,7 @@ distill kmeansch2-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.gra
 # 5. refinement (stored floats only, 300 steps) instead of distillation, on the 2.5-bit k-means mix: what moving the
 #    codes adds
 run auto-2.5-kmeansch-c512-refine300 "${KM[@]}" quant.target_bits=2.5 quant.refine_steps=300
-# 6. exactly 2 bits/param: one k-means codebook per matrix (granularity=tensor: 4 fp16 levels per layer, 2.0003
+# 6. exactly 2 bits/param: one k-means codebook per matrix (granularity=tensor: 4 fp16 levels per layer, 2.0002
 #    bits/param) instead of one per row (2.125), distilled like row 3 (the row stored as kmeanst2-c512-distill300-
 #    latent0.03 ran before distillation tuned a whole-matrix codebook: its 4 levels stayed GPTQ's)
 distill kmeanst2-tuned-c512-distill300-latent0.03 quant=kmeans quant.bits=2 quant.granularity=tensor "${G[@]}" \

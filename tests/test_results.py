@@ -278,3 +278,23 @@ def test_default_metric_options_follow_a_narrowed_k_list(caplog):
     chosen = OmegaConf.structured(EvalConfig(k_values=[1, 3, 5], gate_metric="recall@100"))
     assert follow_k_values(chosen) == {"eval.optimize_metric": "ndcg@5"}
     assert chosen.gate_metric == "recall@100"  # a value the user chose is left for check_metric to reject
+
+
+def test_paired_runs_reads_both_runs_per_query_rows_and_refuses_different_queries(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(size=50), rng.uniform(size=50)
+    for name, scores in (("a", a), ("b", b), ("c", b[:49])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(result("accept", (-0.001, 0.001))))
+        rows = [{"query_id": f"q{i}", "ndcg@10": float(s)} for i, s in enumerate(scores)]
+        (tmp_path / name / "per_query.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pr = _bench("paired_runs")
+    monkeypatch.setattr(sys, "argv", ["paired_runs.py", str(tmp_path / "a"), str(tmp_path / "b")])
+    pr.main()
+    line = capsys.readouterr().out
+    assert f"B - A {(b - a).mean():+.4f} [" in line and "over 50 queries" in line
+    lo, hi = (float(x) for x in line.split("[")[1].split("]")[0].split(", "))
+    assert lo < (b - a).mean() < hi
+    monkeypatch.setattr(sys, "argv", ["paired_runs.py", str(tmp_path / "a"), str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="expected the same queries"):
+        pr.main()
