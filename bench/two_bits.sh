@@ -5,6 +5,7 @@
 # SEED=N sets seed= (which calibration texts, which distillation texts and batches); ONLY=REGEX runs only the rows
 # whose name matches; CACHE=DIR shares one embedding cache between OUT dirs. The SciFact seed rows:
 #   for s in 0 1 2; do SEED=$s ONLY='^(auto-2.5-kmeansch|kmeansch2|auto-2.6-kmeansch-tiers432).*latent0.03' CACHE=OUT/cache bash bench/two_bits.sh ../shared/data/scifact OUT/seed$s; done
+# and the exactly-2.0-bit recipe (row 13) the same way with ONLY='^kmeanst2-tuned-c512-distill1000-crop'.
 # quant=auto reads the SciFact train-query scan (dev queries of another set, never a test set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
