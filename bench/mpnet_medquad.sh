@@ -5,7 +5,8 @@
 # ONLY=REGEX runs only the rows whose name matches. One torch encode of the corpus is ~1 h on 2 cores; the encode
 # cache is streamed, so a killed row resumes where it stopped. The fp32 baseline is encoded once (shared cache).
 # Rows, most decisive first: fp32; the int8 graphs SciFact accepted (float down-projections); the 4-bit packed
-# model served by OpenVINO bf16; MiniLM's 3-bit recipe at MPNet's refinement lr (torch, and served by OpenVINO bf16); torch bf16; bitsandbytes int8.
+# model served by OpenVINO bf16; MiniLM's 3-bit recipe at MPNet's refinement lr (torch, and served by OpenVINO
+# bf16); torch bf16; bitsandbytes int8.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results/mpnet-medquad}
