@@ -5,8 +5,8 @@
 # ONLY=REGEX runs only the rows whose name matches. One torch encode of the corpus is ~1 h on 2 cores; the encode
 # cache is streamed, so a killed row resumes where it stopped. The fp32 baseline is encoded once (shared cache).
 # Rows, most decisive first: fp32; the int8 graphs SciFact accepted (float down-projections); the 4-bit packed
-# model served by OpenVINO bf16; MiniLM's 3-bit recipe at MPNet's refinement lr (torch, and served by OpenVINO
-# bf16); torch bf16; bitsandbytes int8.
+# model served by OpenVINO bf16; MiniLM's 3-bit recipe at MPNet's refinement lr, served the same way; torch bf16;
+# bitsandbytes int8; last, the 3-bit recipe in torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results/mpnet-medquad}
@@ -30,12 +30,13 @@ run medquad-openvino-int8-bf16-float-down-proj runtime=openvino runtime.quantize
 run medquad-onnx-dynamic-int8-float-down-proj runtime=onnx runtime.quantize=dynamic_int8 runtime.float_down_proj=true
 run medquad-nf4-g64-emb-openvino-bf16 quant=nf quant.bits=4 quant.group_size=64 quant.embeddings=true \
     runtime=openvino runtime.precision=bf16
-run medquad-gptq-nf3-g64-act-c256-refine50-lr1e-4 quant=nf quant.bits=3 quant.group_size=64 quant.method=gptq \
-    quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4
-# the same packed 3-bit model served by the OpenVINO bf16 graph (as the nf4 row): a ~15-minute encode against torch's ~70
+# served by the OpenVINO bf16 graph as the nf4 row is: a ~15-minute encode against torch's ~70
 run medquad-gptq-nf3-g64-act-c256-refine50-lr1e-4-openvino-bf16 quant=nf quant.bits=3 quant.group_size=64 \
     quant.method=gptq quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4 \
     runtime=openvino runtime.precision=bf16
 run medquad-openvino-int8-bf16 runtime=openvino runtime.quantize=int8 runtime.precision=bf16
 run medquad-bf16 quant=bf16
 run medquad-bnb-int8 quant=bnb_int8
+# the 3-bit recipe in torch (optional: the OpenVINO-served row decides; GPTQ + refinement redone, ~20 min)
+run medquad-gptq-nf3-g64-act-c256-refine50-lr1e-4 quant=nf quant.bits=3 quant.group_size=64 quant.method=gptq \
+    quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4
