@@ -90,6 +90,46 @@ def test_scan_writes_measured_and_proxy_curves_for_every_linear(scan, tiny_bert,
     assert evaluated == {layer["name"]: layer["curve"]["2"]["effective_bits"] for layer in report["layers"]}
 
 
+def test_a_fidelity_only_scan_matches_the_full_scans_fidelity_and_resumes(scan, tiny_bert, tmp_path):
+    """scan.ndcg=false: no dev queries or dev corpus (so a test split is allowed), the same fidelity drops as
+    the full scan, every point through the cache (a rerun encodes nothing), and quant=auto's default measure
+    makes the same choice from it; the nDCG measure is refused on it in one line."""
+    _, full = scan
+    cache = tmp_path / "cache"
+    opts = (f"model.path={tiny_bert}", *TINY, GROUP, *SCAN[:2], "scan.fidelity_texts=8", f"scan.bits={SCAN_BITS}")
+    cfg = compose_scan(*opts, "scan.ndcg=false", "data.split=test", f"cache.dir={cache}")
+    report = run_sensitivity(cfg, tmp_path / "fid")
+    assert report["dev"]["mode"] == "none" and report["dev"]["queries"] == 0 and report["dev"]["query_ids"] == []
+    assert report["ndcg"]["measured"] is False and report["fp32"]["dev_ndcg@10"] is None
+    for mine, theirs in zip(report["layers"], full["layers"], strict=True):
+        for b in SCAN_BITS:
+            p, q = mine["curve"][str(b)], theirs["curve"][str(b)]
+            assert p["ndcg"] is None and p["ndcg_drop"] is None
+            assert p["fidelity_drop"] == pytest.approx(q["fidelity_drop"], rel=1e-4, abs=1e-7)
+    assert report["correlation"]["pooled"]["ndcg_drop"] is None
+    assert "no dev nDCG@10 (scan.ndcg=false)" in (tmp_path / "fid" / "sensitivity.txt").read_text()
+    stores = sorted(p.parent for p in cache.rglob("manifest.json"))
+    assert len(stores) == 1 + len(full["layers"]) * len(SCAN_BITS)  # fp32 + one per point: fidelity texts only
+    stamp = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
+    again = run_sensitivity(cfg, tmp_path / "fid_again")  # a killed scan's rerun: every point from the cache
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")} == stamp and stamp
+    drops = lambda r: [layer["curve"][str(b)]["fidelity_drop"] for layer in r["layers"] for b in SCAN_BITS]  # noqa: E731
+    assert drops(again) == drops(report)
+
+    def choice(sens: Path, out: str, *extra: str) -> dict:
+        target = "quant.target_bits=5.0"  # between all-2 and all-8 bits for every layer
+        res = run_evaluate(
+            compose_cfg(*eval_overrides(tiny_bert), "quant=auto", target, f"quant.sensitivity={sens}", *extra),
+            tmp_path / out,
+        )
+        return res["quant"]["auto"]["bits_per_layer"]
+
+    assert choice(tmp_path / "fid" / "sensitivity.json", "a") == choice(scan[0] / "sensitivity.json", "b")
+    with pytest.raises(InputError, match=r"^quant.sensitivity_measure=ndcg: .* measured fidelity only") as err:
+        choice(tmp_path / "fid" / "sensitivity.json", "c", "quant.sensitivity_measure=ndcg")
+    assert "\n" not in str(err.value)
+
+
 def brute_force(costs: np.ndarray, losses: np.ndarray, budget: float) -> float:
     best = np.inf
     for combo in itertools.product(range(costs.shape[1]), repeat=costs.shape[0]):

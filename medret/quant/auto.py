@@ -102,6 +102,11 @@ def read_scan(cfg: QuantConfig, model_path: str, revision: str | None) -> dict[s
             f"quant.sensitivity={path}: scanned model.path={scanned.get('path')} (revision {scanned.get('revision')}),"
             f" this run's is {model_path} (revision {revision}); scan this model first"
         )
+    if cfg.sensitivity_measure == "ndcg" and scan.get("ndcg", {}).get("measured") is False:
+        raise InputError(
+            f"quant.sensitivity_measure=ndcg: {path} measured fidelity only (scan.ndcg=false); use "
+            "quant.sensitivity_measure=fidelity or scan with scan.ndcg=true"
+        )
     if cfg.budget_over == "model" and not (scan.get("embedding") and scan.get("model_size")):
         raise InputError(
             f"quant.budget_over=model: {path} has no word-embedding table points; scan with scan.embeddings=true"

@@ -10,7 +10,6 @@ import numpy as np
 from medret.config import DataConfig
 from medret.data import RetrievalDataset
 from medret.errors import InputError
-from medret.quant.corpus import spread_sample
 from medret.sensitivity.config import ScanConfig
 from medret.storage import digest
 
@@ -20,7 +19,7 @@ TEST_SPLIT = "test"
 def check_dev_options(scan: ScanConfig, data: DataConfig) -> None:
     if scan.dev not in ("split", "holdout"):
         raise InputError(f"scan.dev={scan.dev!r}: expected split (data.split's queries) or holdout (a seeded share)")
-    if scan.dev == "split" and data.split == TEST_SPLIT:
+    if scan.ndcg and scan.dev == "split" and data.split == TEST_SPLIT:  # fidelity alone reads no query
         raise InputError(
             "scan.dev=split with data.split=test: the scan's dev queries must not be the test queries; use "
             "data.split=train (SciFact) or scan.dev=holdout (a seeded share of the queries, e.g. MedQuAD)"
@@ -33,8 +32,12 @@ def check_dev_options(scan: ScanConfig, data: DataConfig) -> None:
         raise InputError(f"scan.fidelity_texts={scan.fidelity_texts}: expected at least 2 corpus texts")
 
 
-def dev_set(data: RetrievalDataset, scan: ScanConfig, seed: int) -> tuple[RetrievalDataset, dict[str, Any]]:
-    """The dev queries and corpus, and what they are (ids of the queries, sizes) for the scan's JSON."""
+def dev_set(data: RetrievalDataset, scan: ScanConfig, seed: int) -> tuple[RetrievalDataset | None, dict[str, Any]]:
+    """The dev queries and corpus, and what they are (ids of the queries, sizes) for the scan's JSON; none
+    with ``scan.ndcg=false`` (no query is read, so none is held out of a later report)."""
+    if not scan.ndcg:
+        none = {"mode": "none", "data": data.name, "queries": 0, "of_queries": len(data.query_ids), "query_ids": []}
+        return None, {**none, "corpus_docs": 0, "of_docs": data.num_docs, "corpus": "none (scan.ndcg=false)"}
     rng = np.random.default_rng([seed, 1])
     n_q = len(data.query_ids) if scan.dev_queries is None else min(scan.dev_queries, len(data.query_ids))
     rows = np.sort(rng.choice(len(data.query_ids), size=n_q, replace=False))
@@ -76,6 +79,17 @@ def _subsample_corpus(dev: RetrievalDataset, size: int, rng: np.random.Generator
     )
 
 
-def fidelity_texts(data: RetrievalDataset, n: int, seed: int) -> list[str]:
-    """A seeded sample of corpus texts (the whole corpus, no labels) for the embedding-cosine measure."""
-    return spread_sample(data.doc_texts, n, [seed, 2])
+def fidelity_set(data: RetrievalDataset, n: int, seed: int) -> RetrievalDataset:
+    """A seeded sample of corpus texts (the whole corpus, no labels) for the embedding-cosine measure, as a
+    corpus of its own: each point's embeddings go through the shard cache, so a killed scan resumes."""
+    rng = np.random.default_rng([seed, 2])  # spread_sample's draw, the picks kept for the fingerprint
+    picks = np.sort(rng.choice(data.num_docs, size=min(n, data.num_docs), replace=False))
+    return RetrievalDataset(
+        name=f"{data.name}-fidelity{len(picks)}",
+        doc_ids=[data.doc_ids[int(i)] for i in picks],
+        doc_texts=[data.doc_texts[int(i)] for i in picks],
+        query_ids=[],
+        query_texts=[],
+        qrels={},
+        corpus_fingerprint=f"{data.corpus_fingerprint}:fidelity:{digest(picks.tolist())}",
+    )

@@ -18,6 +18,11 @@ def layer_type(name: str) -> str:
     return re.sub(r"^.*?\.\d+\.", "", name) or name
 
 
+def _agg(fn, values: list[float | None]) -> float | None:
+    """None where the measure was not taken (``scan.ndcg=false``)."""
+    return None if any(v is None for v in values) else float(fn(values))
+
+
 def by_type(layers: list[dict], bits: list[int]) -> dict[str, dict[str, Any]]:
     """Each layer type's curve: the mean and sum over its layers of each single-layer drop and the proxy."""
     out: dict[str, dict[str, Any]] = {}
@@ -27,7 +32,7 @@ def by_type(layers: list[dict], bits: list[int]) -> dict[str, dict[str, Any]]:
         for b in bits:
             points = [layer["curve"][str(b)] for layer in group]
             curve[str(b)] = {
-                f"{key}_{how}": float(fn([p[key] for p in points]))
+                f"{key}_{how}": _agg(fn, [p[key] for p in points])
                 for key in (*MEASURED, "proxy")
                 for how, fn in (("mean", np.mean), ("sum", np.sum))
             }
@@ -36,8 +41,8 @@ def by_type(layers: list[dict], bits: list[int]) -> dict[str, dict[str, Any]]:
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:
-    """Rank correlation; None where it is undefined (fewer than 3 points, or a constant series)."""
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    """Rank correlation; None where it is undefined (fewer than 3 points, a constant or unmeasured series)."""
+    if len(a) < 3 or any(x is None for x in b) or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     rho = float(spearmanr(a, b).statistic)
     return None if math.isnan(rho) else rho
@@ -64,7 +69,7 @@ def table(report: dict[str, Any]) -> str:
     head = f"{'layer':<{width}}{'params':>9}{'fisher':>11}" + "".join(f"{c:>11}" for c in cols)
 
     def cells(curve: dict, suffix: str = "") -> str:
-        return "".join(f"{curve[str(b)][keys[m] + suffix]:>11.3g}" for m in ("fid", "ndcg", "proxy") for b in bits)
+        return "".join(_cell(curve[str(b)][keys[m] + suffix]) for m in ("fid", "ndcg", "proxy") for b in bits)
 
     lines = [head, "-" * len(head)]
     for layer in report["layers"]:
@@ -77,13 +82,17 @@ def table(report: dict[str, Any]) -> str:
     corr = report["correlation"]
     lines += ["", "proxy vs measured drop (Spearman): " + _corr_line(corr["pooled"], "pooled")]
     lines += [_corr_line(corr["per_bits"][str(b)], f"{b} bits") for b in bits]
-    fp32 = report["fp32"]
-    lines += [
-        "",
-        f"fp32 dev nDCG@10 {fp32['dev_ndcg@10']:.4f} on {report['dev']['queries']} dev queries, "
-        f"{report['dev']['corpus_docs']} records; fidelity on {report['fidelity']['texts']} corpus texts",
-    ]
+    fp32, fid = report["fp32"]["dev_ndcg@10"], f"fidelity on {report['fidelity']['texts']} corpus texts"
+    if fp32 is None:
+        lines += ["", f"no dev nDCG@10 (scan.ndcg=false); {fid}"]
+    else:
+        dev = f"{report['dev']['queries']} dev queries, {report['dev']['corpus_docs']} records"
+        lines += ["", f"fp32 dev nDCG@10 {fp32:.4f} on {dev}; {fid}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    return f"{'n/a':>11}" if value is None else f"{value:>11.3g}"
 
 
 def _corr_line(rhos: dict[str, float | None], label: str) -> str:

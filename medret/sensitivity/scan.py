@@ -1,8 +1,10 @@
 """The scan: each quantizable linear alone at each width, measured against fp32 on the dev set; with
 ``scan.embeddings=true`` each frequency tier of the word-embedding table too (``medret.sensitivity.table``).
 
-Cost: one dev-corpus encode (through the shard cache, so a rerun resumes) and one fidelity-text encode
-per (layer, width). The default dev corpus (``scan.dev_corpus``) keeps that affordable on a CPU.
+Cost: one dev-corpus encode and one fidelity-text encode per (layer, width), both through the shard cache
+(a killed scan resumes from its last point). The default dev corpus (``scan.dev_corpus``) keeps that
+affordable on a CPU at MiniLM's size; ``scan.ndcg=false`` drops the dev corpus (fidelity alone, quant=auto's
+default measure), the affordable scan at BERT-base size.
 ``quant.method=gptq`` rounds each point by GPTQ (``medret.sensitivity.rounding``): one more forward pass
 over the calibration texts for the Hessians, and a GPTQ solve per point (the report's ``rounding`` times them)."""
 
@@ -38,8 +40,9 @@ from medret.quant.fisher import squared_gradients
 from medret.quant.select import group_size_for, select_linears, spec_for
 from medret.quant.state import dequantize
 from medret.retrieval import RetrievalSettings, model_identity, retrieve, score
+from medret.retrieval.encode import encode_corpus
 from medret.sensitivity.config import SensitivityRootConfig
-from medret.sensitivity.dev import check_dev_options, dev_set, fidelity_texts
+from medret.sensitivity.dev import check_dev_options, dev_set, fidelity_set
 from medret.sensitivity.report import by_type, correlations, layer_type, table
 from medret.sensitivity.rounding import METHODS, hessians, round_layer
 from medret.sensitivity.table import (
@@ -139,27 +142,34 @@ def only_layer(
 
 @dataclasses.dataclass
 class Bench:
-    """What every measurement reads: the model, the dev set, the fidelity texts and fp32's results on them."""
+    """What every measurement reads: the model, the dev set (none: fidelity alone), the fidelity texts and
+    fp32's results on them."""
 
     retriever: Any
-    dev: RetrievalDataset
-    texts: list[str]
+    dev: RetrievalDataset | None
+    texts: RetrievalDataset
     settings: RetrievalSettings
     root: Path
     identity: dict[str, str]
     fp32_emb: np.ndarray | None = None
-    fp32_ndcg: float = float("nan")
+    fp32_ndcg: float | None = None
 
-    def point(self, quant_key: dict) -> dict[str, float]:
-        """The drops of the model as it is now from fp32: label-free (embedding cosine) and dev nDCG@10."""
+    def point(self, quant_key: dict) -> dict[str, float | None]:
+        """The drops of the model as it is now from fp32: label-free (embedding cosine) and dev nDCG@10 (None
+        with no dev set)."""
         emb, ndcg = self.measure(quant_key)
         cos = float(cosine_rows(self.fp32_emb, emb).mean())
-        return {"cosine": cos, "fidelity_drop": 1.0 - cos, "ndcg": ndcg, "ndcg_drop": self.fp32_ndcg - ndcg}
+        drop = None if ndcg is None else self.fp32_ndcg - ndcg
+        return {"cosine": cos, "fidelity_drop": 1.0 - cos, "ndcg": ndcg, "ndcg_drop": drop}
 
-    def measure(self, quant_key: dict) -> tuple[np.ndarray, float]:
-        """(fidelity-text embeddings, dev nDCG@10) of the model as it is now; the dev corpus through the cache."""
-        emb = self.retriever.doc.encode(self.texts, self.settings.encode.batch_size, desc="fidelity texts")
+    def measure(self, quant_key: dict) -> tuple[np.ndarray, float | None]:
+        """(fidelity-text embeddings, dev nDCG@10) of the model as it is now, both through the cache."""
         key = {"weights": self.identity, "quant": quant_key, "purpose": "sensitivity"}
+        whole = replace(self.settings.encode, passage_tokens=0, passage_stride=0)  # one vector per text
+        fid = encode_corpus(self.retriever.doc, self.texts, whole, self.root, {**key, "side": "doc"})
+        emb = np.concatenate(list(fid.iter_shards()))
+        if self.dev is None:
+            return emb, None
         out = retrieve(self.retriever, self.dev, self.settings, min(NDCG_K, self.dev.num_docs), self.root, key)
         _, per_query = score(out, self.dev, [NDCG_K])
         return emb, float(per_query[f"ndcg@{NDCG_K}"].mean())
@@ -176,7 +186,7 @@ def scan_layer(
         with only_layer(encoders, name, spec, fisher, hess) as stats:
             point = bench.point({**quant_identity(spec), "only_layer": name})
         curve[str(bits)] = {**stats, **point, "seconds": time.perf_counter() - t0}
-        log.info("%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %+.4f", name, bits, *_drops(point))
+        log.info("%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %s", name, bits, *_drops(point))
     return {
         "name": name,
         "type": layer_type(name),
@@ -186,8 +196,8 @@ def scan_layer(
     }
 
 
-def _drops(point: dict) -> tuple[float, float]:
-    return point["fidelity_drop"], point["ndcg_drop"]
+def _drops(point: dict) -> tuple[float, str]:
+    return point["fidelity_drop"], "n/a" if point["ndcg_drop"] is None else f"{point['ndcg_drop']:+.4f}"
 
 
 def scan_table(bench: Bench, cfg: SensitivityRootConfig, tabs: list[Table]) -> dict[str, Any]:
@@ -204,14 +214,14 @@ def scan_table(bench: Bench, cfg: SensitivityRootConfig, tabs: list[Table]) -> d
                     "effective_bits": 0.0,
                     "weight_mse": 0.0,
                     "fidelity_drop": 0.0,
-                    "ndcg_drop": 0.0,
+                    "ndcg_drop": None if bench.dev is None else 0.0,
                 }
                 continue
             key = {**quant_identity(replace(spec, bits=bits)), "only_layer": g["name"], "tiers": shares}
             with only_tier(tabs, g["tier"], spec, bits) as stats:
                 point = bench.point(key)
             g["curve"][str(bits)] = {**stats, **point, "seconds": time.perf_counter() - t0}
-            log.info("%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %+.4f", g["name"], bits, *_drops(point))
+            log.info("%s @ %d bits: fidelity drop %.5f, dev nDCG@10 drop %s", g["name"], bits, *_drops(point))
     return {**table_info(tabs[0], shares), "groups": groups}
 
 
@@ -222,7 +232,7 @@ def run_sensitivity(cfg: SensitivityRootConfig | DictConfig, run_dir: Path) -> d
     check_model_folders(cfg.model)
     data = load_dataset(cfg.data)
     dev, dev_info = dev_set(data, cfg.scan, cfg.seed)
-    log.info("dev set: %d queries, %d records (%s)", dev_info["queries"], dev.num_docs, dev_info["corpus"])
+    log.info("dev set: %d queries, %d records (%s)", dev_info["queries"], dev_info["corpus_docs"], dev_info["corpus"])
     root = cache_root(cfg.cache.dir)
     ensure_writable(root)
     retriever = load_retriever(cfg.model)
@@ -243,7 +253,7 @@ def run_sensitivity(cfg: SensitivityRootConfig | DictConfig, run_dir: Path) -> d
             rounding["calibration_tokens"] = cost["calibration_tokens"]
         rounding |= {"gptq_damp": cfg.quant.gptq_damp, "act_order": cfg.quant.act_order}
     tabs = tables(encoders, cfg.scan.embedding_tiers, calibration) if cfg.scan.embeddings else []
-    texts = fidelity_texts(data, cfg.scan.fidelity_texts, cfg.seed)
+    texts = fidelity_set(data, cfg.scan.fidelity_texts, cfg.seed)
     bench = Bench(retriever, dev, texts, RetrievalSettings.of(cfg), root, model_identity(retriever))
     bench.fp32_emb, bench.fp32_ndcg = bench.measure({"name": "none"})
     rows = [scan_layer(bench, name, cfg, fisher, hess) for name in layers]
@@ -275,8 +285,8 @@ def build_report(cfg: SensitivityRootConfig, bench: Bench, dev_info: dict, rows:
         "quant": quant_identity(replace(cfg.quant, bits=None, include=scanned_include(cfg, rows))),
         "bits": bits,
         "dev": dev_info,
-        "fidelity": {"texts": len(bench.texts), "measure": "1 - mean cosine to fp32 of corpus-text embeddings"},
-        "ndcg": {"measure": f"fp32 minus quantized mean dev nDCG@{NDCG_K}", "k": NDCG_K},
+        "fidelity": {"texts": bench.texts.num_docs, "measure": "1 - mean cosine to fp32 of corpus-text embeddings"},
+        "ndcg": {"measure": f"fp32 minus quantized mean dev nDCG@{NDCG_K}", "k": NDCG_K, "measured": cfg.scan.ndcg},
         "proxy": {"name": "fisher_weighted_error", "definition": PROXY, "calibration_texts": n_calib},
         "fp32": {f"dev_ndcg@{NDCG_K}": bench.fp32_ndcg},
         "layers": rows,
