@@ -9,6 +9,7 @@
 # 5. The frontier rows on SciFact test (each re-encodes the corpus: ~10-30 min here), cheapest first; the fp32
 #    baseline comes from step 1's cache.
 # 6. The sensitivity scan's cost at this size: a two-point slice (one linear, 2 and 3 bits), its seconds per point.
+# 7. quant=auto 3.0 from MPNet's own fidelity-only scan (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results/mpnet}
@@ -59,3 +60,17 @@ run scifact-onnx-dynamic-int8-float-down-proj "${S[@]}" runtime=onnx runtime.qua
     runtime.float_down_proj=true
 run scifact-bf16 "${S[@]}" quant=bf16
 run scifact-bnb-int8 "${S[@]}" quant=bnb_int8
+# 7. quant=auto 3.0 from MPNet's own scan (its linears are not MiniLM's): fidelity alone (scan.ndcg=false, the
+#    measure quant=auto reads by default) over 64 corpus texts, widths 2/3/4 on MiniLM's scan grid (nf g64), so the
+#    216 points fit a CPU session (the nDCG measure costs 277 s a point here); then MiniLM's 3.0 recipe on the nf
+#    per-channel grid with the 3-bit row's GPTQ + refinement settings, served as the nf rows are
+SCAN=$OUT/scan-nf-g64-fidelity64
+if [ ! -f "$SCAN/sensitivity.json" ]; then
+    /usr/bin/time -v -o "$SCAN.time" "$PY" -m medret.sensitivity model=mpnet logger=none data=beir \
+        data.path=../shared/data/scifact data.split=train quant=nf quant.group_size=64 "scan.bits=[2,3,4]" \
+        scan.ndcg=false scan.fidelity_texts=64 "cache.dir=$OUT/cache" "hydra.run.dir=$SCAN" 2>&1 | tail -2
+fi
+run scifact-auto-3.0-nfch-gptq-c256-refine50-lr1e-4-openvino-bf16 "${S[@]}" quant=auto quant.target_bits=3.0 \
+    "quant.sensitivity=$SCAN/sensitivity.json" "quant.grid={name:nf,granularity:channel}" quant.method=gptq \
+    quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4 \
+    runtime=openvino runtime.precision=bf16

@@ -6,7 +6,7 @@
 # cache is streamed, so a killed row resumes where it stopped. The fp32 baseline is encoded once (shared cache).
 # Rows, most decisive first: fp32; the int8 graphs SciFact accepted (float down-projections); the 4-bit packed
 # model served by OpenVINO bf16; MiniLM's 3-bit recipe at MPNet's refinement lr, served the same way; torch bf16;
-# bitsandbytes int8; last, the 3-bit recipe in torch.
+# bitsandbytes int8; quant=auto 3.0 (SCAN=its scan's sensitivity.json); last, the 3-bit recipe in torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results/mpnet-medquad}
@@ -37,6 +37,11 @@ run medquad-gptq-nf3-g64-act-c256-refine50-lr1e-4-openvino-bf16 quant=nf quant.b
 run medquad-openvino-int8-bf16 runtime=openvino runtime.quantize=int8 runtime.precision=bf16
 run medquad-bf16 quant=bf16
 run medquad-bnb-int8 quant=bnb_int8
+# quant=auto 3.0 from MPNet's own scan on SciFact (bench/mpnet.sh step 7; nothing of MedQuAD seen), as on SciFact
+run medquad-auto-3.0-nfch-gptq-c256-refine50-lr1e-4-openvino-bf16 quant=auto quant.target_bits=3.0 \
+    "quant.sensitivity=${SCAN:-bench/results/mpnet/scan-nf-g64-fidelity64/sensitivity.json}" \
+    "quant.grid={name:nf,granularity:channel}" quant.method=gptq quant.act_order=true quant.calibration_texts=256 \
+    quant.refine_steps=50 quant.refine_lr=1e-4 runtime=openvino runtime.precision=bf16
 # the 3-bit recipe in torch (optional: the OpenVINO-served row decides; GPTQ + refinement redone, ~20 min)
 run medquad-gptq-nf3-g64-act-c256-refine50-lr1e-4 quant=nf quant.bits=3 quant.group_size=64 quant.method=gptq \
     quant.act_order=true quant.calibration_texts=256 quant.refine_steps=50 quant.refine_lr=1e-4
