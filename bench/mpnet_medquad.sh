@@ -39,7 +39,7 @@ run medquad-bf16 quant=bf16
 run medquad-bnb-int8 quant=bnb_int8
 # quant=auto 3.0 from MPNet's own scan on SciFact (bench/mpnet.sh step 7; nothing of MedQuAD seen), as on SciFact
 run medquad-auto-3.0-nfch-gptq-c256-refine50-lr1e-4-openvino-bf16 quant=auto quant.target_bits=3.0 \
-    "quant.sensitivity=${SCAN:-bench/results/mpnet/scan-nf-g64-fidelity64/sensitivity.json}" \
+    "quant.sensitivity=${SCAN:-bench/results/mpnet/scan-nf-g64-fidelity32/sensitivity.json}" \
     "quant.grid={name:nf,granularity:channel}" quant.method=gptq quant.act_order=true quant.calibration_texts=256 \
     quant.refine_steps=50 quant.refine_lr=1e-4 runtime=openvino runtime.precision=bf16
 # the 3-bit recipe in torch (optional: the OpenVINO-served row decides; GPTQ + refinement redone, ~20 min)
