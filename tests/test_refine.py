@@ -49,6 +49,7 @@ def test_refinement_moves_unseen_outputs_towards_fp32_and_keeps_codes_and_bytes(
     info = quantize_retriever(refined, replace(cfg, refine_steps=40, refine_lr=1e-3), calibration=FIT)
     (report,) = info["refine"]
     assert report["steps"] == 40 and report["loss_after"] < report["loss_before"]
+    assert report["seconds_per_step"] > 0  # the cost at a model's size, in results.json
     assert "refine" not in info_plain
     # texts the fit never saw: the refined model's token outputs are closer to fp32's than the plain rounding's
     assert token_cosine(refined.doc, fp32.doc, HELD_OUT) > token_cosine(plain.doc, fp32.doc, HELD_OUT)

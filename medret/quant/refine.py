@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -98,10 +99,10 @@ def mean_loss(model: nn.Module, batches: list[Batch]) -> float:
 
 def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int = 0) -> dict:
     """``steps`` Adam steps over the batches (seeded order, cosine-decayed ``lr``); returns the calibration loss
-    (mean 1 - token cosine to fp32) before and after, and how many numbers were fitted. The model's packed
-    layers hold the fitted floats (rounded to what they store) afterwards, unless the fit ended with a higher
-    calibration loss than the rounding's (too few steps for ``lr``, or a rounding already at fp32's outputs):
-    then the rounding's floats are put back, ``reverted`` is true and ``loss_fitted`` is the fit's loss."""
+    (mean 1 - token cosine to fp32) before and after, how many numbers were fitted and the seconds a step took.
+    The model's packed layers hold the fitted floats (rounded to what they store) afterwards, unless the fit ended
+    with a higher calibration loss than the rounding's (too few steps for ``lr``, or a rounding already at fp32's
+    outputs): then the rounding's floats are put back, ``reverted`` is true and ``loss_fitted`` is the fit's loss."""
     wrapped = {n: _Refining(m) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not wrapped:
         return {"steps": 0, "fitted_params": 0}
@@ -126,7 +127,7 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
     order: list[int] = []
     # minutes at BERT-base size: steps, ETA and the loss (a running mean of the batches' losses), cleared at the end
     bar = tqdm(total=steps, desc="refine", unit="step", mininterval=2.0, leave=False, postfix={"loss": f"{before:.4g}"})
-    running = before
+    running, t0 = before, time.perf_counter()
     try:
         for _ in range(steps):
             if not order:
@@ -141,6 +142,7 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
             bar.set_postfix(loss=f"{running:.4g}", refresh=False)
             bar.update(1)
     finally:
+        seconds = time.perf_counter() - t0  # the steps alone (the loss passes before and after are not in it)
         bar.close()
         for name, w in wrapped.items():
             model.set_submodule(name, w.write_back(), strict=True)
@@ -150,6 +152,7 @@ def fit(model: nn.Module, batches: list[Batch], steps: int, lr: float, seed: int
     fitted = sum(p.numel() for p in params)
     after = mean_loss(model, batches)
     report = {"steps": steps, "lr": lr, "loss_before": before, "loss_after": after, "fitted_params": fitted}
+    report["seconds_per_step"] = seconds / steps if steps else 0.0
     if after > before:  # the fit made the calibration outputs worse: keep the rounding's floats
         for name, floats in stored.items():
             for k, t in floats.items():
