@@ -27,8 +27,12 @@ def calibration_corpus(doc_texts: Sequence[str], cfg) -> list[str]:
     return seeded_sample(pool, cfg.calibration_texts, getattr(cfg, "calibration_seed", 0))
 
 
-def spread_sample(doc_texts: Sequence[str], n: int, seed: Any) -> list[str]:
-    """At most ``n`` texts drawn from the whole corpus by ``np.random.default_rng(seed)``, in corpus order."""
+def spread_picks(num_docs: int, n: int, seed: Any) -> np.ndarray:
+    """At most ``n`` record positions drawn from the whole corpus by ``np.random.default_rng(seed)``, sorted."""
     rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(len(doc_texts), size=min(n, len(doc_texts)), replace=False))
-    return [doc_texts[int(i)] for i in picks]
+    return np.sort(rng.choice(num_docs, size=min(n, num_docs), replace=False))
+
+
+def spread_sample(doc_texts: Sequence[str], n: int, seed: Any) -> list[str]:
+    """The texts at ``spread_picks``: a seeded sample of the whole corpus, in corpus order."""
+    return [doc_texts[int(i)] for i in spread_picks(len(doc_texts), n, seed)]

@@ -20,7 +20,7 @@ class ScanConfig:
     dev_corpus: int | None = 1000
     fidelity_texts: int = 256  # seeded corpus texts for the label-free measure (embedding cosine to fp32)
     # false: the label-free measure only (what quant=auto's default quant.sensitivity_measure=fidelity reads); no
-    # dev queries, no dev-corpus encode per point: ~5x cheaper, what makes a BERT-base scan affordable on a CPU
+    # dev queries, no dev-corpus encode per point: what makes a BERT-base scan affordable on a CPU
     ndcg: bool = True
     layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch over the quantized linears (partial scans)
     # also the word-embedding table, its rows in frequency tiers as quant.embedding_tiers cuts them (ranked by

@@ -10,6 +10,7 @@ import numpy as np
 from medret.config import DataConfig
 from medret.data import RetrievalDataset
 from medret.errors import InputError
+from medret.quant.corpus import spread_picks
 from medret.sensitivity.config import ScanConfig
 from medret.storage import digest
 
@@ -82,8 +83,7 @@ def _subsample_corpus(dev: RetrievalDataset, size: int, rng: np.random.Generator
 def fidelity_set(data: RetrievalDataset, n: int, seed: int) -> RetrievalDataset:
     """A seeded sample of corpus texts (the whole corpus, no labels) for the embedding-cosine measure, as a
     corpus of its own: each point's embeddings go through the shard cache, so a killed scan resumes."""
-    rng = np.random.default_rng([seed, 2])  # spread_sample's draw, the picks kept for the fingerprint
-    picks = np.sort(rng.choice(data.num_docs, size=min(n, data.num_docs), replace=False))
+    picks = spread_picks(data.num_docs, n, [seed, 2])  # positions, kept for the cache fingerprint
     return RetrievalDataset(
         name=f"{data.name}-fidelity{len(picks)}",
         doc_ids=[data.doc_ids[int(i)] for i in picks],
